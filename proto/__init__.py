@@ -1,0 +1,1 @@
+"""The vocabulary every wanctl stage shares: messages, configuration, bus helpers."""

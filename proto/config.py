@@ -1,0 +1,358 @@
+"""The wanctl.yaml configuration: msgspec Structs with the defaults of SPEC section 4.
+
+``load_config`` turns any problem into a ``ConfigError`` whose lines each name
+the key path, the rule and the value, e.g.
+``scorer.confidence.recovery_threshold: must be less than steer_threshold (55), got 60``.
+Stage entry points catch it and exit with status 2 before opening any socket.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+import yaml
+
+from proto.messages import CAKE_STATES
+
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+Weight = Annotated[int, msgspec.Meta(ge=0, le=100)]
+Percent = Annotated[int, msgspec.Meta(ge=0, le=100)]
+Count = Annotated[int, msgspec.Meta(ge=1)]
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+CakeState = Literal["GREEN", "YELLOW", "SOFT_RED", "RED"]
+
+
+class Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+# --- scorer -----------------------------------------------------------------
+
+
+class Assess(Section):
+    rtt_ewma_alpha: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.3
+    yellow_rtt_ms: NonNegative = 15.0
+    soft_red_rtt_ms: NonNegative = 45.0
+    red_rtt_ms: NonNegative = 15.0
+    min_drops_red: NonNegative = 1.0
+    min_queue_yellow_pct: NonNegative = 10.0
+    min_queue_red_pct: NonNegative = 50.0
+
+
+class Weights(Section):
+    red_state: Weight = 50
+    soft_red_sustained: Weight = 25
+    yellow_state: Weight = 10
+    rtt_delta_high: Weight = 15
+    rtt_delta_severe: Weight = 25
+    drops_increasing: Weight = 10
+    queue_high_sustained: Weight = 10
+    wan_red: Weight = 25
+    wan_soft_red: Weight = 12
+
+
+class Confidence(Section):
+    steer_threshold: Percent = 55
+    recovery_threshold: Percent = 20
+    sustain_s: NonNegative = 2.0
+    recovery_sustain_s: NonNegative = 3.0
+    hold_down_s: NonNegative = 30.0
+    rtt_delta_high_ms: NonNegative = 80.0
+    rtt_delta_severe_ms: NonNegative = 120.0
+    queue_high_pct: NonNegative = 50.0
+    weights: Weights = msgspec.field(default_factory=Weights)
+
+
+class Recovery(Section):
+    allowed_states: list[CakeState] = msgspec.field(default_factory=lambda: ["GREEN"])
+    max_rtt_delta_ms: NonNegative = 10.0
+    max_drops_per_sec: NonNegative = 0.001
+
+
+class Flap(Section):
+    enabled: bool = True
+    window_s: Positive = 300.0
+    max_toggles: Count = 4
+    penalty_s: Positive = 60.0
+    penalty_threshold_add: Annotated[int, msgspec.Meta(ge=0)] = 15
+
+
+class Hysteresis(Section):
+    red_samples_required: Count = 2
+    green_samples_required: Count = 15
+
+
+class Scorer(Section):
+    policy: Literal["confidence", "hysteresis"] = "confidence"
+    shadow: bool = True
+    max_gap_s: Positive = 5.0
+    assess: Assess = msgspec.field(default_factory=Assess)
+    confidence: Confidence = msgspec.field(default_factory=Confidence)
+    recovery: Recovery = msgspec.field(default_factory=Recovery)
+    flap: Flap = msgspec.field(default_factory=Flap)
+    hysteresis: Hysteresis = msgspec.field(default_factory=Hysteresis)
+    # Process settings (not used by the engine itself).
+    state_path: str = "var/scorer-state.msgpack"
+    journal_path: str = "var/scorer-journal.jsonl"
+    persist_interval_s: Positive = 2.0
+    state_interval_s: Positive = 1.0
+
+
+# --- bus --------------------------------------------------------------------
+
+
+class Bus(Section):
+    """Endpoints of the XSUB/XPUB proxy and the scorer's journal-replay socket.
+
+    ``ipc://`` paths are relative to ``run_dir`` when they hold no slash.
+    ``tcp://`` endpoints require CURVE keys in ``keys_dir``.
+    """
+
+    run_dir: str = "var/run"
+    publish: str = "ipc://pub.sock"  # publishers connect here (proxy XSUB side)
+    subscribe: str = "ipc://sub.sock"  # subscribers connect here (proxy XPUB side)
+    journal: str = "ipc://journal.sock"  # the scorer's ROUTER for replays
+    keys_dir: str | None = None
+    linger_ms: Annotated[int, msgspec.Meta(ge=0)] = 100
+    heartbeat_s: Positive = 1.0
+
+
+# --- router, wans -----------------------------------------------------------
+
+
+class Router(Section):
+    """How to reach the RouterOS API.  With no ``host`` the built-in simulator is used."""
+
+    host: str | None = None
+    port: Port | None = None  # default 8728, or 8729 with tls
+    username: str = "admin"
+    password_env: str | None = "WANCTL_ROUTER_PASSWORD"
+    password_file: str | None = None
+    tls: bool = False
+    tls_ca: str | None = None
+    tls_verify: bool = True
+    connect_timeout_s: Positive = 3.0
+    timeout_s: Positive = 3.0
+    backoff_initial_s: Positive = 0.5
+    backoff_max_s: Positive = 30.0
+
+
+class Wan(Section):
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
+    queue: str
+    queue_capacity_packets: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    ping_target: str = "1.1.1.1"
+    ping_count: Count = 1
+    rule_comment: str = ""
+    interval_s: Positive = 0.5
+    autorate_state_file: str | None = None  # baseline RTT and wan_zone from autorate
+
+
+class Collector(Section):
+    rtt_probe: Literal["router", "local"] = "router"
+    baseline_down_alpha: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
+    baseline_up_alpha: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.002
+    autorate_max_age_s: Positive = 10.0
+
+
+class Actuator(Section):
+    dry_run: bool = False
+    verify_retries: Annotated[int, msgspec.Meta(ge=0)] = 3
+    drift_check_s: Positive = 10.0
+
+
+class Logger(Section):
+    path: str = "var/decisions.jsonl"
+    fsync: Literal["always", "interval", "never"] = "always"
+    fsync_interval_s: Positive = 1.0
+    rotate_bytes: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0: never rotate
+    rotate_keep: Annotated[int, msgspec.Meta(ge=1)] = 5
+
+
+class Config(Section):
+    scorer: Scorer = msgspec.field(default_factory=Scorer)
+    bus: Bus = msgspec.field(default_factory=Bus)
+    router: Router = msgspec.field(default_factory=Router)
+    wans: list[Wan] = msgspec.field(default_factory=list)
+    collector: Collector = msgspec.field(default_factory=Collector)
+    actuator: Actuator = msgspec.field(default_factory=Actuator)
+    logger: Logger = msgspec.field(default_factory=Logger)
+    # Directory relative paths in the file resolve against (the file's own).
+    base_dir: str = "."
+
+
+class ConfigError(Exception):
+    """Invalid configuration; ``str()`` is one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+# --- loading ----------------------------------------------------------------
+
+_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_UNKNOWN = re.compile(r"Object contains unknown field `(?P<key>[^`]+)`")
+_EXPECTED = re.compile(r"^Expected `(?P<type>[^`]+)`(?P<rule>.*?)(?:, got `(?P<got>[^`]+)`)?$")
+
+
+def _lookup(raw: Any, path: str) -> Any:
+    """The raw value at a msgspec path like ``.scorer.wans[0].name``."""
+    for key, index in re.findall(r"\.([^.\[]+)|\[(\d+)\]", path):
+        try:
+            raw = raw[key] if key else raw[int(index)]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return raw
+
+
+def _describe(error: msgspec.ValidationError, raw: Any) -> str:
+    match = _AT.match(str(error))
+    msg, path = match["msg"], match["path"] or ""
+    unknown = _UNKNOWN.match(msg)
+    if unknown:
+        key = (path + "." + unknown["key"]).lstrip(".")
+        return f"{key}: unknown key"
+    dotted = path.lstrip(".") or "(top level)"
+    expected = _EXPECTED.match(msg)
+    if expected:
+        rule = expected["rule"].strip()
+        if rule:
+            msg = f"must be {rule}" if rule[0] in "<>=" else f"must be {expected['type']} {rule}"
+        else:
+            msg = f"must be of type {expected['type']}"
+    elif msg.startswith("Invalid enum value"):
+        msg = "must be one of " + ", ".join(CAKE_STATES) if "allowed_states" in path else "invalid value"
+    elif msg.startswith("Object missing required field"):
+        missing = re.search(r"`([^`]+)`", msg)
+        key = (path + "." + missing[1]).lstrip(".") if missing else dotted
+        return f"{key}: required key is missing"
+    return f"{dotted}: {msg}, got {_lookup(raw, path)!r}"
+
+
+def _cross_field_problems(cfg: Config) -> list[str]:
+    problems: list[str] = []
+    s = cfg.scorer
+    c = s.confidence
+    if not c.recovery_threshold < c.steer_threshold:
+        problems.append(
+            "scorer.confidence.recovery_threshold: must be less than steer_threshold "
+            f"({c.steer_threshold}), got {c.recovery_threshold}"
+        )
+    if not s.assess.yellow_rtt_ms <= s.assess.soft_red_rtt_ms:
+        problems.append(
+            "scorer.assess.yellow_rtt_ms: must be at most soft_red_rtt_ms "
+            f"({s.assess.soft_red_rtt_ms}), got {s.assess.yellow_rtt_ms}"
+        )
+    if not c.rtt_delta_high_ms < c.rtt_delta_severe_ms:
+        problems.append(
+            "scorer.confidence.rtt_delta_high_ms: must be less than rtt_delta_severe_ms "
+            f"({c.rtt_delta_severe_ms}), got {c.rtt_delta_high_ms}"
+        )
+    if not s.recovery.allowed_states:
+        problems.append("scorer.recovery.allowed_states: must name at least one state, got []")
+    if len(set(s.recovery.allowed_states)) != len(s.recovery.allowed_states):
+        problems.append(
+            f"scorer.recovery.allowed_states: must not repeat a state, got {s.recovery.allowed_states}"
+        )
+    names = [w.name for w in cfg.wans]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            problems.append(f"wans[{i}].name: must be unique, got {name!r} twice")
+    comments = [w.rule_comment for w in cfg.wans if w.rule_comment]
+    for i, wan in enumerate(cfg.wans):
+        if wan.rule_comment and comments.count(wan.rule_comment) > 1:
+            problems.append(f"wans[{i}].rule_comment: must be unique per WAN, got {wan.rule_comment!r}")
+    if cfg.router.backoff_initial_s > cfg.router.backoff_max_s:
+        problems.append(
+            f"router.backoff_initial_s: must be at most backoff_max_s ({cfg.router.backoff_max_s}), "
+            f"got {cfg.router.backoff_initial_s}"
+        )
+    return problems
+
+
+def parse_config(raw: Any, base_dir: str = ".") -> Config:
+    """Validate an already-parsed YAML document (``None`` counts as ``{}``)."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError([f"(top level): must be a mapping, got {type(raw).__name__}"])
+    if "base_dir" in raw:
+        raise ConfigError(["base_dir: unknown key"])
+    try:
+        cfg = msgspec.convert({**raw, "base_dir": base_dir}, Config)
+    except msgspec.ValidationError as error:
+        raise ConfigError([_describe(error, raw)]) from None
+    problems = _cross_field_problems(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def load_config(path: str | os.PathLike | None) -> Config:
+    """Read and validate ``wanctl.yaml``; ``None`` gives the all-defaults config."""
+    if path is None:
+        return parse_config({}, ".")
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError([f"{path}: cannot read config: {error.strerror}"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError([f"{path}: not valid YAML: {error}"]) from None
+    return parse_config(raw, str(path.resolve().parent))
+
+
+def apply_override(raw: dict, assignment: str) -> None:
+    """Apply ``a.b.c=value`` (value parsed as YAML) to a raw config mapping."""
+    key, sep, value = assignment.partition("=")
+    if not sep or not key:
+        raise ConfigError([f"{assignment}: override must look like key.path=value"])
+    *parents, leaf = key.strip().split(".")
+    node = raw
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError([f"{key}: {part} is not a section"])
+        node = child
+    node[leaf] = yaml.safe_load(value)
+
+
+def resolve_path(cfg: Config, path: str) -> Path:
+    """A path from the config, relative ones taken from the config file's directory."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else Path(cfg.base_dir) / p
+
+
+def router_password(cfg: Config) -> str:
+    """The router password from the file or environment variable the config names.
+
+    The password never lives in the YAML and is never put in an error message.
+    """
+    r = cfg.router
+    if r.password_file:
+        try:
+            return resolve_path(cfg, r.password_file).read_text().strip()
+        except OSError as error:
+            raise ConfigError(
+                [f"router.password_file: cannot read {r.password_file!r}: {error.strerror}"]
+            ) from None
+    if r.password_env:
+        value = os.environ.get(r.password_env)
+        if value is not None:
+            return value
+    raise ConfigError(
+        ["router.password_env: no router password: set the environment variable "
+         f"{r.password_env!r} or router.password_file"]
+    )
+
+
+def is_cake_state(value: str) -> bool:
+    return value in CAKE_STATES
