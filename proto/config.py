@@ -8,6 +8,7 @@ Stage entry points catch it and exit with status 2 before opening any socket.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -174,6 +175,21 @@ class Logger(Section):
     rotate_keep: Annotated[int, msgspec.Meta(ge=1)] = 5
 
 
+class Health(Section):
+    """Each stage's loopback HTTP endpoint: GET /health (JSON) and GET /metrics (Prometheus).
+
+    A port of 0 disables that stage's endpoint.
+    """
+
+    host: str = "127.0.0.1"
+    bus: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9461
+    collector: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9462
+    scorer: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9463
+    actuator: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9464
+    logger: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9465
+    stale_after_s: Positive = 5.0  # no expected input for this long: degraded
+
+
 class Config(Section):
     scorer: Scorer = msgspec.field(default_factory=Scorer)
     bus: Bus = msgspec.field(default_factory=Bus)
@@ -182,6 +198,7 @@ class Config(Section):
     collector: Collector = msgspec.field(default_factory=Collector)
     actuator: Actuator = msgspec.field(default_factory=Actuator)
     logger: Logger = msgspec.field(default_factory=Logger)
+    health: Health = msgspec.field(default_factory=Health)
     # Directory relative paths in the file resolve against (the file's own).
     base_dir: str = "."
 
@@ -273,6 +290,10 @@ def _cross_field_problems(cfg: Config) -> list[str]:
             f"router.backoff_initial_s: must be at most backoff_max_s ({cfg.router.backoff_max_s}), "
             f"got {cfg.router.backoff_initial_s}"
         )
+    if not is_loopback_host(cfg.health.host):
+        problems.append(
+            f"health.host: must be a loopback address (127.0.0.1, ::1 or localhost), got {cfg.health.host!r}"
+        )
     return problems
 
 
@@ -294,10 +315,16 @@ def parse_config(raw: Any, base_dir: str = ".") -> Config:
     return cfg
 
 
-def load_config(path: str | os.PathLike | None) -> Config:
-    """Read and validate ``wanctl.yaml``; ``None`` gives the all-defaults config."""
+def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Config:
+    """Read and validate ``wanctl.yaml``; ``None`` gives the all-defaults config.
+
+    ``overrides`` are ``key.path=value`` assignments applied before validation.
+    """
     if path is None:
-        return parse_config({}, ".")
+        raw: dict = {}
+        for assignment in overrides:
+            apply_override(raw, assignment)
+        return parse_config(raw, ".")
     path = Path(path)
     try:
         text = path.read_text()
@@ -307,6 +334,12 @@ def load_config(path: str | os.PathLike | None) -> Config:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ConfigError([f"{path}: not valid YAML: {error}"]) from None
+    if overrides:
+        raw = {} if raw is None else raw
+        if not isinstance(raw, dict):
+            raise ConfigError([f"(top level): must be a mapping, got {type(raw).__name__}"])
+        for assignment in overrides:
+            apply_override(raw, assignment)
     return parse_config(raw, str(path.resolve().parent))
 
 
@@ -352,6 +385,16 @@ def router_password(cfg: Config) -> str:
         ["router.password_env: no router password: set the environment variable "
          f"{r.password_env!r} or router.password_file"]
     )
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and loopback IP literals (the health endpoints serve nowhere else)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def is_cake_state(value: str) -> bool:
