@@ -17,7 +17,7 @@ DISABLE = "DISABLE_STEERING"
 CAKE_STATES = ("GREEN", "YELLOW", "SOFT_RED", "RED")
 
 
-class Telemetry(msgspec.Struct, tag="telemetry", tag_field="kind", kw_only=True):
+class Telemetry(msgspec.Struct, tag="telemetry", tag_field="kind", kw_only=True, gc=False):
     """One sample of one WAN; ``t`` is the collector host's monotonic clock."""
 
     wan: str
@@ -37,7 +37,7 @@ class Telemetry(msgspec.Struct, tag="telemetry", tag_field="kind", kw_only=True)
     steering_active: bool | None = None
 
 
-class Decision(msgspec.Struct, tag="decision", tag_field="kind", kw_only=True):
+class Decision(msgspec.Struct, tag="decision", tag_field="kind", kw_only=True, gc=False):
     """A state change of one policy for one WAN; ``seq`` numbers all decisions."""
 
     seq: int
@@ -60,7 +60,7 @@ class Decision(msgspec.Struct, tag="decision", tag_field="kind", kw_only=True):
     epoch: int = 0
 
 
-class State(msgspec.Struct, tag="state", tag_field="kind", kw_only=True):
+class State(msgspec.Struct, tag="state", tag_field="kind", kw_only=True, gc=False):
     """The desired steering state of one WAN, re-published at least once a second."""
 
     wan: str
@@ -81,7 +81,7 @@ class State(msgspec.Struct, tag="state", tag_field="kind", kw_only=True):
     epoch: int = 0
 
 
-class Actuation(msgspec.Struct, tag="actuation", tag_field="kind", kw_only=True):
+class Actuation(msgspec.Struct, tag="actuation", tag_field="kind", kw_only=True, gc=False):
     """What the actuator did to drive one WAN's mangle rule toward ``desired``."""
 
     wan: str
@@ -96,7 +96,7 @@ class Actuation(msgspec.Struct, tag="actuation", tag_field="kind", kw_only=True)
     epoch: int = 0
 
 
-class Heartbeat(msgspec.Struct, tag="heartbeat", tag_field="kind", kw_only=True):
+class Heartbeat(msgspec.Struct, tag="heartbeat", tag_field="kind", kw_only=True, gc=False):
     """Once a second from every stage: it is alive, and what it has counted."""
 
     stage: str

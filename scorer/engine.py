@@ -17,7 +17,6 @@ from collections import deque
 
 import msgspec
 
-from proto.config import Hysteresis as HysteresisConfig
 from proto.config import Scorer
 from proto.messages import (
     CAKE_STATES,
@@ -45,6 +44,12 @@ OUT_OF_ORDER = "out_of_order"
 
 _KNOWN_STATES = frozenset(CAKE_STATES)
 _isfinite = math.isfinite
+_INF = math.inf
+_NEG_INF = -math.inf
+_NONE: list = []  # shared empty result: callers must not mutate what process() returns
+_NO_CONTRIBUTORS: list[str] = []
+# The cake state Phase 2A counts in each steering state.
+_TOWARD = {GOOD: "RED", DEGRADED: "GREEN"}
 
 
 def rejection_cause(s: Telemetry) -> str | None:
@@ -66,13 +71,37 @@ def rejection_cause(s: Telemetry) -> str | None:
     return None
 
 
+class Params:
+    """The scorer config flattened into plain attributes for the per-sample path."""
+
+    def __init__(self, cfg: Scorer):
+        a, c, w, r, f, h = cfg.assess, cfg.confidence, cfg.confidence.weights, cfg.recovery, cfg.flap, cfg.hysteresis
+        self.cfg = cfg
+        self.alpha = a.rtt_ewma_alpha
+        self.yellow_rtt, self.soft_red_rtt, self.red_rtt = a.yellow_rtt_ms, a.soft_red_rtt_ms, a.red_rtt_ms
+        self.min_drops_red = a.min_drops_red
+        self.min_queue_yellow, self.min_queue_red = a.min_queue_yellow_pct, a.min_queue_red_pct
+        self.steer, self.recovery_threshold = c.steer_threshold, c.recovery_threshold
+        self.sustain, self.recovery_sustain, self.hold_down = c.sustain_s, c.recovery_sustain_s, c.hold_down_s
+        self.delta_high, self.delta_severe, self.queue_high = c.rtt_delta_high_ms, c.rtt_delta_severe_ms, c.queue_high_pct
+        self.w_red, self.w_soft_red, self.w_yellow = w.red_state, w.soft_red_sustained, w.yellow_state
+        self.w_high, self.w_severe, self.w_drops = w.rtt_delta_high, w.rtt_delta_severe, w.drops_increasing
+        self.w_queue, self.w_wan_red, self.w_wan_soft_red = w.queue_high_sustained, w.wan_red, w.wan_soft_red
+        self.allowed = frozenset(r.allowed_states)
+        self.max_recovery_delta, self.max_recovery_drops = r.max_rtt_delta_ms, r.max_drops_per_sec
+        self.flap, self.window, self.max_toggles = f.enabled, f.window_s, f.max_toggles
+        self.penalty_s, self.penalty_add = f.penalty_s, f.penalty_threshold_add
+        self.red_required, self.green_required = h.red_samples_required, h.green_samples_required
+        self.max_gap = cfg.max_gap_s
+
+
 def confidence_score(
-    cfg: Scorer,
+    p: Params,
     state: str,
     rtt_delta: float,
-    states: deque,
-    drops: deque,
-    queues: deque,
+    states: list[str],
+    drops: list[float],
+    queues: list[float],
     wan_zone: str | None,
 ) -> tuple[int, list[str]]:
     """The Phase 2B score (section 5.4) and its contributors, from scratch.
@@ -80,44 +109,42 @@ def confidence_score(
     ``states``/``drops``/``queues`` are the histories since the last gap with the
     current sample last (only their last 3, 3 and 2 entries matter).
     """
-    c = cfg.confidence
-    w = c.weights
     score = 0
     why: list[str] = []
     if state == "RED":
-        score += w.red_state
+        score += p.w_red
         why.append("RED")
     elif state == "SOFT_RED":
         if len(states) >= 3 and states[-2] == "SOFT_RED" and states[-3] == "SOFT_RED":
-            score += w.soft_red_sustained
+            score += p.w_soft_red
             why.append("SOFT_RED_sustained")
     elif state == "YELLOW":
-        score += w.yellow_state
+        score += p.w_yellow
         why.append("YELLOW")
-    if rtt_delta > c.rtt_delta_severe_ms:
-        score += w.rtt_delta_severe
+    if rtt_delta > p.delta_severe:
+        score += p.w_severe
         why.append(f"rtt_delta={rtt_delta:.1f}ms(severe)")
-    elif rtt_delta > c.rtt_delta_high_ms:
-        score += w.rtt_delta_high
+    elif rtt_delta > p.delta_high:
+        score += p.w_high
         why.append(f"rtt_delta={rtt_delta:.1f}ms(high)")
     if len(drops) >= 3:
         last = drops[-1]
         if last > drops[-3] and last > 0:
-            score += w.drops_increasing
+            score += p.w_drops
             why.append("drops_increasing")
-    if len(queues) >= 2 and queues[-1] > c.queue_high_pct and queues[-2] > c.queue_high_pct:
-        score += w.queue_high_sustained
+    if len(queues) >= 2 and queues[-1] > p.queue_high and queues[-2] > p.queue_high:
+        score += p.w_queue
         why.append("queue_high_sustained")
     if wan_zone == "RED":
-        score += w.wan_red
+        score += p.w_wan_red
         why.append("WAN_RED")
     elif wan_zone == "SOFT_RED":
-        score += w.wan_soft_red
+        score += p.w_wan_soft_red
         why.append("WAN_SOFT_RED")
     return (100 if score > 100 else score), why
 
 
-class Hysteresis(msgspec.Struct):
+class Hysteresis(msgspec.Struct, gc=False):
     """Phase 2A: N consecutive RED samples steer, M consecutive GREEN recover."""
 
     state: str = GOOD
@@ -126,20 +153,20 @@ class Hysteresis(msgspec.Struct):
 
     def count_sample(self, cake_state: str, t: float) -> None:
         """Count a sample that points away from ``state``; anything else resets."""
-        if cake_state != ("RED" if self.state == GOOD else "GREEN"):
+        if cake_state != _TOWARD[self.state]:
             self.count = 0
             return
         if self.count == 0:
             self.first_t = t
         self.count += 1
 
-    def due(self, h: HysteresisConfig) -> bool:
-        return self.count >= (h.red_samples_required if self.state == GOOD else h.green_samples_required)
+    def due(self, p: Params) -> bool:
+        return self.count >= (p.red_required if self.state == GOOD else p.green_required)
 
-    def step(self, cake_state: str, t: float, h: HysteresisConfig) -> float | None:
+    def step(self, cake_state: str, t: float, p: Params) -> float | None:
         """Count this sample; on a state change return its ``sustained_s``."""
         self.count_sample(cake_state, t)
-        if not self.due(h):
+        if not self.due(p):
             return None
         sustained = t - self.first_t
         self.change(DEGRADED if self.state == GOOD else GOOD)
@@ -167,61 +194,65 @@ class ConfidencePolicy(msgspec.Struct):
     def penalty_active(self, t: float) -> bool:
         return self.penalty_until is not None and t < self.penalty_until - TOL
 
-    def step(self, cfg: Scorer, t: float, confidence: int, threshold: int, eligible) -> float | None:
-        """Run the timers on one sample; on a state change return ``sustained_s``.
-
-        ``eligible`` is a callable so the recovery test is only evaluated where
-        section 5.5 evaluates it (after hold-down).
-        """
-        c = cfg.confidence
+    def step(
+        self, p: Params, t: float, confidence: int, threshold: int,
+        cake_state: str, rtt_delta: float, drops: float, wan_zone: str | None,
+    ) -> float | None:
+        """Run the timers on one sample; on a state change return ``sustained_s``."""
         if self.state == GOOD:
             if confidence < threshold:
                 self.degrade_start = None
                 return None
             if self.degrade_start is None:
                 self.degrade_start = t
-            if t - self.degrade_start >= c.sustain_s - TOL:
+            if t - self.degrade_start >= p.sustain - TOL:
                 sustained = t - self.degrade_start
-                self.enter(cfg, DEGRADED, t)
+                self.enter(p, DEGRADED, t)
                 return sustained
             return None
         if self.hold_down_until is not None and t < self.hold_down_until - TOL:
-            return None
-        if not eligible():
+            return None  # hold-down always runs to completion
+        eligible = (
+            confidence <= p.recovery_threshold
+            and cake_state in p.allowed
+            and rtt_delta < p.max_recovery_delta
+            and drops < p.max_recovery_drops
+            and (wan_zone is None or wan_zone == "GREEN")
+        )
+        if not eligible:
             self.recovery_start = None
             return None
         if self.recovery_start is None:
             self.recovery_start = t
-        if t - self.recovery_start >= c.recovery_sustain_s - TOL:
+        if t - self.recovery_start >= p.recovery_sustain - TOL:
             sustained = t - self.recovery_start
-            self.enter(cfg, GOOD, t)
+            self.enter(p, GOOD, t)
             return sustained
         return None
 
-    def enter(self, cfg: Scorer, state: str, t: float) -> None:
+    def enter(self, p: Params, state: str, t: float) -> None:
         """Take a decision made at ``t`` (by this policy or by the fallback)."""
         self.state = state
         self.degrade_start = None
         self.recovery_start = None
         if state == DEGRADED:
-            self.hold_down_until = t + cfg.confidence.hold_down_s
-        if cfg.flap.enabled:
-            self.record_toggle(cfg, t)
+            self.hold_down_until = t + p.hold_down
+        if p.flap:
+            self.record_toggle(p, t)
 
-    def record_toggle(self, cfg: Scorer, t: float) -> None:
-        f = cfg.flap
+    def record_toggle(self, p: Params, t: float) -> None:
+        """Seed W1: prune before appending, never hold more than max_toggles + 1."""
         flap = self.flap
-        cutoff = t - f.window_s + TOL
+        cutoff = t - p.window + TOL
         drop = 0
         while drop < len(flap) and flap[drop] <= cutoff:
             drop += 1
-        if drop:
-            del flap[:drop]
+        del flap[:drop]
         flap.append(t)
-        if len(flap) > f.max_toggles + 1:
-            del flap[: len(flap) - f.max_toggles - 1]
-        if len(flap) > f.max_toggles and not self.penalty_active(t):
-            self.penalty_until = t + f.penalty_s
+        if len(flap) > p.max_toggles + 1:
+            del flap[: len(flap) - p.max_toggles - 1]
+        if len(flap) > p.max_toggles and not self.penalty_active(t):
+            self.penalty_until = t + p.penalty_s
             flap.clear()
 
     def shift(self, by: float) -> None:
@@ -279,6 +310,7 @@ class Engine:
 
     def __init__(self, cfg: Scorer, *, epoch: int = 0, next_seq: int = 1, source: str = "scorer"):
         self.cfg = cfg
+        self.params = Params(cfg)
         self.epoch = epoch
         self.source = source
         self.next_seq = next_seq
@@ -295,27 +327,41 @@ class Engine:
             "confidence_errors": 0,
             "decisions": 0,
         }
-        self.confidence_running = cfg.policy == CONFIDENCE or cfg.shadow
-        self.hysteresis_running = cfg.policy == HYSTERESIS or cfg.shadow
+        self.driving_confidence = cfg.policy == CONFIDENCE
+        self.confidence_running = self.driving_confidence or cfg.shadow
+        self.hysteresis_running = not self.driving_confidence or cfg.shadow
 
     # --- the one entry point ------------------------------------------------
 
     def process(self, s: Telemetry) -> list[Decision]:
         """Score one sample; return the decisions it causes (driving first)."""
-        cause = rejection_cause(s)
+        t = s.t
+        rtt, base, drops, queue = s.rtt_ms, s.baseline_rtt_ms, s.drops_per_sec, s.queue_depth_pct
+        # One chained comparison per value: false for NaN, infinities and negatives.
+        valid = (
+            s.v == SCHEMA_VERSION
+            and _NEG_INF < t < _INF
+            and _NEG_INF < s.wall < _INF
+            and (rtt is None or 0.0 <= rtt < _INF)
+            and (base is None or 0.0 <= base < _INF)
+            and (drops is None or 0.0 <= drops < _INF)
+            and (queue is None or 0.0 <= queue < _INF)
+            and (s.cake_state is None or s.cake_state in _KNOWN_STATES)
+            and (s.wan_zone is None or s.wan_zone in _KNOWN_STATES)
+        )
         w = self.wans.get(s.wan)
-        if cause is None and w is not None and s.stream == w.stream and s.t - w.last_t <= TOL:
+        cause = None if valid else rejection_cause(s)
+        if cause is None and w is not None and s.stream == w.stream and t - w.last_t <= TOL:
             cause = OUT_OF_ORDER
         self.last_rejection = cause
         if cause is not None:
             self.rejected[cause] = self.rejected.get(cause, 0) + 1
-            return []
+            return _NONE
         counters = self.counters
         counters["accepted"] += 1
-        t = s.t
+        p = self.params
         if w is None:
-            w = self.wans[s.wan] = WanScorer(wan=s.wan, stream=s.stream, last_t=t)
-            w.threshold = self.cfg.confidence.steer_threshold
+            w = self.wans[s.wan] = WanScorer(wan=s.wan, stream=s.stream, last_t=t, threshold=p.steer)
         elif s.stream != w.stream:
             # A new clock: keep the time each deadline had left at the old stream's
             # last sample, and treat the change as a gap.
@@ -325,127 +371,105 @@ class Engine:
             w.stream = s.stream
             w.last_scored_t = None
         w.last_t = t
-        rtt, base = s.rtt_ms, s.baseline_rtt_ms
         if rtt is None or base is None:
             counters["ignored_null_rtt"] += 1
-            return []
+            return _NONE
         counters["scored"] += 1
-        if w.last_scored_t is not None and t - w.last_scored_t > self.cfg.max_gap_s + TOL:
+        if w.last_scored_t is not None and t - w.last_scored_t > p.max_gap + TOL:
             counters["gaps"] += 1
             w.clear_runs()
         w.last_scored_t = t
-        return self._score(w, s, rtt - base if rtt > base else 0.0)
 
-    # --- scoring ------------------------------------------------------------
-
-    def _assess(self, w: WanScorer, s: Telemetry, rtt_delta: float) -> tuple[str, float, float]:
-        """Section 5.3: update the EWMA and histories; return (state, drops, queue)."""
-        a = self.cfg.assess
-        ewma = rtt_delta if w.ewma is None else w.ewma + a.rtt_ewma_alpha * (rtt_delta - w.ewma)
+        # Section 5.3: assessment.  Null drops or queue count as 0 everywhere.
+        rtt_delta = rtt - base if rtt > base else 0.0
+        ewma = w.ewma
+        ewma = rtt_delta if ewma is None else ewma + p.alpha * (rtt_delta - ewma)
         w.ewma = ewma
-        drops = s.drops_per_sec or 0.0
-        queue = s.queue_depth_pct or 0.0
+        drops = drops or 0.0
+        queue = queue or 0.0
         state = s.cake_state
         if state is None:
-            if ewma > a.red_rtt_ms and drops >= a.min_drops_red and queue >= a.min_queue_red_pct:
+            if ewma > p.red_rtt and drops >= p.min_drops_red and queue >= p.min_queue_red:
                 state = "RED"
-            elif ewma > a.soft_red_rtt_ms:
+            elif ewma > p.soft_red_rtt:
                 state = "SOFT_RED"
-            elif ewma > a.yellow_rtt_ms or queue >= a.min_queue_yellow_pct:
+            elif ewma > p.yellow_rtt or queue >= p.min_queue_yellow:
                 state = "YELLOW"
             else:
                 state = "GREEN"
-        for history, value, keep in ((w.states, state, 3), (w.drops, drops, 3), (w.queues, queue, 2)):
-            history.append(value)
-            if len(history) > keep:
-                del history[0]
-        return state, drops, queue
+        states, drop_history, queue_history = w.states, w.drops, w.queues
+        states.append(state)
+        drop_history.append(drops)
+        queue_history.append(queue)
+        if len(states) > 3:
+            del states[0], drop_history[0]
+        if len(queue_history) > 2:
+            del queue_history[0]
 
-    def _score(self, w: WanScorer, s: Telemetry, rtt_delta: float) -> list[Decision]:
-        cfg = self.cfg
-        t = s.t
-        state, drops, _ = self._assess(w, s, rtt_delta)
+        # Sections 5.4-5.6: score, timers, flap brake, hysteresis, fallback.
+        wan_zone = s.wan_zone
         cp = w.confidence_policy
-        if self.confidence_running:
-            penalty = cfg.flap.enabled and cp.penalty_active(t)
-            threshold = cfg.confidence.steer_threshold + (cfg.flap.penalty_threshold_add if penalty else 0)
-        else:
-            penalty, threshold = False, cfg.confidence.steer_threshold
-        h = cfg.hysteresis
-        decisions: list[Decision] = []
-        driving_confidence = cfg.policy == CONFIDENCE
-        if driving_confidence:
+        penalty = self.confidence_running and p.flap and cp.penalty_until is not None and t < cp.penalty_until - TOL
+        threshold = p.steer + p.penalty_add if penalty else p.steer
+        decisions = _NONE
+        if self.driving_confidence:
             # Phase 2A counters kept against the driving state, for the fallback.
             fb = w.fallback
             if fb.state != cp.state:
                 fb.change(cp.state)
-            fb.count_sample(state, t)
+            if fb.count or state == _TOWARD[fb.state]:
+                fb.count_sample(state, t)
 
-        confidence, contributors = 0, []
+        confidence, contributors = 0, _NO_CONTRIBUTORS
         try:
             confidence, contributors = confidence_score(
-                cfg, state, rtt_delta, w.states, w.drops, w.queues, s.wan_zone
+                p, state, rtt_delta, w.states, w.drops, w.queues, wan_zone
             )
             if self.confidence_running:
-                sustained = cp.step(
-                    cfg, t, confidence, threshold,
-                    lambda: self._recovery_eligible(state, confidence, rtt_delta, drops, s.wan_zone),
-                )
+                sustained = cp.step(p, t, confidence, threshold, state, rtt_delta, drops, wan_zone)
                 if sustained is not None:
-                    decisions.append(
-                        self._decision(w, s, CONFIDENCE, driving_confidence, False, cp.state,
-                                       confidence, threshold, penalty, contributors, sustained)
-                    )
+                    decisions = [self._decision(w, s, CONFIDENCE, self.driving_confidence, False, cp.state,
+                                                confidence, threshold, penalty, contributors, sustained)]
         except Exception:
             self.counters["confidence_errors"] += 1
-            if driving_confidence:
+            if self.driving_confidence:
                 # Phase 2A decides for the driving policy on this sample.
                 self.counters["fallbacks"] += 1
                 fb = w.fallback
-                if fb.due(h):
+                if fb.due(p):
                     sustained = t - fb.first_t
-                    cp.enter(cfg, DEGRADED if fb.state == GOOD else GOOD, t)
+                    cp.enter(p, DEGRADED if fb.state == GOOD else GOOD, t)
                     fb.change(cp.state)
-                    decisions.append(
-                        self._decision(w, s, HYSTERESIS, True, True, cp.state, confidence,
-                                       threshold, penalty, contributors, sustained)
-                    )
+                    decisions = [self._decision(w, s, HYSTERESIS, True, True, cp.state, confidence,
+                                                threshold, penalty, contributors, sustained)]
 
         if self.hysteresis_running:
             hp = w.hysteresis_policy
-            sustained = hp.step(state, t, h)
+            sustained = hp.step(state, t, p) if hp.count or state == _TOWARD[hp.state] else None
             if sustained is not None:
-                decisions.append(
-                    self._decision(w, s, HYSTERESIS, cfg.policy == HYSTERESIS, False, hp.state,
-                                   confidence, threshold, penalty, contributors, sustained)
-                )
+                decision = self._decision(w, s, HYSTERESIS, not self.driving_confidence, False, hp.state,
+                                          confidence, threshold, penalty, contributors, sustained)
+                # The driving policy's decision is emitted first.
+                decisions = decisions + [decision] if self.driving_confidence else [decision] + decisions
 
         w.confidence, w.threshold, w.flap_penalty, w.contributors = confidence, threshold, penalty, contributors
+        if decisions:
+            # Numbered in emission order, driving first.
+            for d in decisions:
+                d.seq = self.next_seq
+                self.next_seq += 1
+                if d.driving:
+                    w.decision_seq = d.seq
+            self.counters["decisions"] += len(decisions)
         return decisions
-
-    def _recovery_eligible(
-        self, state: str, confidence: int, rtt_delta: float, drops: float, wan_zone: str | None
-    ) -> bool:
-        r = self.cfg.recovery
-        return (
-            confidence <= self.cfg.confidence.recovery_threshold
-            and state in r.allowed_states
-            and rtt_delta < r.max_rtt_delta_ms
-            and drops < r.max_drops_per_sec
-            and (wan_zone is None or wan_zone == "GREEN")
-        )
 
     def _decision(
         self, w: WanScorer, s: Telemetry, policy: str, driving: bool, fallback: bool, state: str,
         confidence: int, threshold: int, penalty: bool, contributors: list[str], sustained: float,
     ) -> Decision:
-        seq = self.next_seq
-        self.next_seq = seq + 1
-        self.counters["decisions"] += 1
-        if driving:
-            w.decision_seq = seq
+        """A decision without its number yet (see the end of ``process``)."""
         return Decision(
-            seq=seq, wan=s.wan, t=s.t, wall=s.wall, telemetry_seq=s.seq, policy=policy,
+            seq=0, wan=s.wan, t=s.t, wall=s.wall, telemetry_seq=s.seq, policy=policy,
             driving=driving, fallback=fallback,
             decision=ENABLE if state == DEGRADED else DISABLE, state=state,
             confidence=confidence, threshold=threshold, flap_penalty=penalty,
@@ -457,14 +481,12 @@ class Engine:
 
     def desired(self, wan: str) -> str:
         w = self.wans[wan]
-        if self.cfg.policy == CONFIDENCE:
-            return w.confidence_policy.state
-        return w.hysteresis_policy.state
+        return w.confidence_policy.state if self.driving_confidence else w.hysteresis_policy.state
 
     def states(self, seq: int = 0) -> list[State]:
         """The desired state of every known WAN, timers as seconds left at its last sample."""
+        p = self.params
         out = []
-        c = self.cfg.confidence
         for name, w in self.wans.items():
             cp = w.confidence_policy
             t = w.last_t
@@ -472,21 +494,20 @@ class Engine:
             def left(deadline):
                 return None if deadline is None or t >= deadline else deadline - t
 
-            in_degraded = cp.state == DEGRADED
             out.append(State(
                 wan=name, seq=seq, desired=self.desired(name), decision_seq=w.decision_seq,
                 confidence=w.confidence, threshold=w.threshold, flap_penalty=w.flap_penalty,
-                degrade_remaining_s=None if cp.degrade_start is None else max(0.0, cp.degrade_start + c.sustain_s - t),
-                hold_down_remaining_s=left(cp.hold_down_until) if in_degraded else None,
+                degrade_remaining_s=None if cp.degrade_start is None else left(cp.degrade_start + p.sustain),
+                hold_down_remaining_s=left(cp.hold_down_until) if cp.state == DEGRADED else None,
                 recovery_remaining_s=None if cp.recovery_start is None
-                else max(0.0, cp.recovery_start + c.recovery_sustain_s - t),
+                else left(cp.recovery_start + p.recovery_sustain),
                 flap_penalty_remaining_s=left(cp.penalty_until),
                 policy=self.cfg.policy, t=t, source=self.source, epoch=self.epoch,
             ))
         return out
 
     def export(self) -> bytes:
-        """A msgpack snapshot of the whole engine.
+        """A msgpack snapshot of the whole engine (section 5.7).
 
         Times are stored as they are, together with each WAN's ``stream`` and
         last ``t``: a deadline's remaining duration is ``deadline - last_t``, and

@@ -40,13 +40,12 @@ class InvalidLine(Exception):
 _decode_telemetry = msgspec.json.Decoder(Telemetry).decode
 
 
-def parse_line(line: bytes) -> Telemetry | None:
-    """A telemetry sample, None for a line to skip silently, or InvalidLine."""
-    try:
-        return _decode_telemetry(line)
-    except msgspec.MsgspecError:
-        pass
-    # Slow path: find out why, with the standard parser (which also reads NaN/Infinity).
+def parse_odd_line(line: bytes) -> Telemetry | None:
+    """The slow path for a line the fast decoder refused: say why, or skip it.
+
+    Uses the standard parser, which also reads NaN and Infinity, so such a
+    sample reaches validation and is counted as non-finite.
+    """
     if not line.strip():
         return None
     try:
@@ -80,21 +79,27 @@ class Replay:
         encode = msgspec.json.Encoder().encode_into
         buf = bytearray()
         decisions = self.decisions
+        decode = _decode_telemetry
+        decode_error = msgspec.MsgspecError
+        number = 0
         for number, line in enumerate(lines, 1):
-            self.lines = number
             try:
-                sample = parse_line(line)
-                if sample is None:
-                    continue
+                try:
+                    sample = decode(line)
+                except decode_error:
+                    sample = parse_odd_line(line)
+                    if sample is None:
+                        continue
                 self.samples += 1
                 emitted = process(sample)
-                if engine.last_rejection is not None:
+                if not emitted and engine.last_rejection is not None:
                     cause = engine.last_rejection
                     raise InvalidLine(cause, f"rejected: {_REJECTION_TEXT.get(cause, cause)}")
             except InvalidLine as bad:
                 self.invalid[bad.cause] = self.invalid.get(bad.cause, 0) + 1
                 print(f"line {number}: {bad.cause}: {bad}", file=err)
                 if strict:
+                    self.lines = number
                     out.write(buf)
                     return EXIT_INVALID_LINE
                 continue
@@ -102,9 +107,10 @@ class Replay:
                 encode(decision, buf, len(buf))
                 buf += b"\n"
                 decisions[decision.policy] = decisions.get(decision.policy, 0) + 1
-            if len(buf) > 1 << 16:
-                out.write(buf)
-                buf.clear()
+                if len(buf) > 1 << 16:
+                    out.write(buf)
+                    buf.clear()
+        self.lines = number
         out.write(buf)
         return 0
 

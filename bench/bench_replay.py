@@ -1,0 +1,109 @@
+"""Benchmark: wanctl-replay end to end (decode, score with shadow on, encode).
+
+Generates a telemetry trace with a realistic mix of healthy and congested
+periods (two WANs, 0.5 s cadence, congestion episodes of varying strength,
+flapping stretches, probe failures) and times the `wanctl-replay` console
+script on it as a subprocess, printing samples per second and peak RSS.  The
+same run on a trace a tenth as long shows whether memory is flat in length.
+
+    .venv/bin/python bench/bench_replay.py [--samples 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import msgspec
+
+from proto.messages import Telemetry
+
+TARGET = 250_000
+
+
+def write_trace(path: Path, samples: int, seed: int = 7) -> None:
+    """A two-WAN trace: mostly healthy, with episodes every few minutes."""
+    rng = random.Random(seed)
+    enc = msgspec.json.Encoder()
+    wans = ["wan1", "wan2"]
+    episode = {w: (0.0, 0.0) for w in wans}  # (end t, strength)
+    with path.open("wb") as out:
+        buf = bytearray()
+        for seq in range(1, samples + 1):
+            wan = wans[seq % 2]
+            t = 1000.0 + (seq // 2) * 0.5
+            end, strength = episode[wan]
+            if t >= end and rng.random() < 0.004:
+                episode[wan] = (t + rng.uniform(5, 90), rng.choice([0.3, 0.6, 1.0, 1.5]))
+                end, strength = episode[wan]
+            congested = t < end
+            rtt = 20 + rng.gauss(2, 1.5) + (strength * 120 + rng.gauss(0, 15) if congested else 0)
+            sample = Telemetry(
+                wan=wan, seq=seq, stream="boot-bench", t=t, wall=1.7e9 + t,
+                rtt_ms=None if rng.random() < 0.002 else max(1.0, rtt),
+                baseline_rtt_ms=20.0,
+                drops_per_sec=max(0.0, strength * 8 + rng.gauss(0, 2)) if congested else 0.0,
+                queue_depth_pct=min(100.0, max(0.0, strength * 60 + rng.gauss(0, 10))) if congested
+                else abs(rng.gauss(2, 1)),
+            )
+            enc.encode_into(sample, buf, len(buf))
+            buf += b"\n"
+            if len(buf) > 1 << 20:
+                out.write(buf)
+                buf.clear()
+        out.write(buf)
+
+
+def time_replay(trace: Path, config: Path) -> tuple[float, int, int]:
+    """(seconds, peak RSS in KiB, decisions) of one replay subprocess."""
+    replay = shutil.which("wanctl-replay", path=str(Path(sys.executable).parent))
+    script = (
+        "import resource, subprocess, sys, time\n"
+        "t0 = time.perf_counter()\n"
+        "p = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=True)\n"
+        "dt = time.perf_counter() - t0\n"
+        "print(dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.stdout.count(b'\\n'))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, replay, str(trace), "--config", str(config)],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()
+    return float(out[0]), int(out[1]), int(out[2])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=1_000_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        config = tmp / "wanctl.yaml"
+        config.write_text("scorer:\n  shadow: true\n")
+        results = []
+        for n in (args.samples // 10, args.samples):
+            trace = tmp / f"trace-{n}.jsonl"
+            t0 = time.perf_counter()
+            write_trace(trace, n)
+            gen = time.perf_counter() - t0
+            seconds, rss, decisions = time_replay(trace, config)
+            results.append((n, seconds, rss))
+            print(
+                f"replay {n:>9,} samples ({trace.stat().st_size / 1e6:.0f} MB, generated in {gen:.1f} s): "
+                f"{seconds:.2f} s, {n / seconds:,.0f} samples/s, peak RSS {rss / 1024:.1f} MiB, "
+                f"{decisions} decisions"
+            )
+        (small, _, rss_small), (large, secs, rss_large) = results
+        print(f"memory: {rss_small / 1024:.1f} MiB at {small:,} samples, {rss_large / 1024:.1f} MiB at {large:,}")
+        rate = large / secs
+        print(f"target {TARGET:,} samples/s: {'met' if rate >= TARGET else 'NOT met'} ({rate:,.0f})")
+
+
+if __name__ == "__main__":
+    main()
