@@ -127,16 +127,24 @@ class Bus(Section):
 
 
 class Router(Section):
-    """How to reach the RouterOS API.  With no ``host`` the built-in simulator is used."""
+    """How to reach the RouterOS API (``/ip service`` api 8728, api-ssl 8729).
+
+    With no ``host`` the built-in simulator is meant: 127.0.0.1 on ``port``
+    (or 8728), user admin, password admin unless ``password_env`` names a set
+    variable or ``password_file`` is given.  ``timeout_s`` bounds every read
+    (librouteros socket timeout); after any timeout or socket error the
+    connection is discarded and a new one is made with exponential backoff
+    from ``backoff_initial_s`` up to ``backoff_max_s``.
+    """
 
     host: str | None = None
     port: Port | None = None  # default 8728, or 8729 with tls
     username: str = "admin"
     password_env: str | None = "WANCTL_ROUTER_PASSWORD"
     password_file: str | None = None
-    tls: bool = False
-    tls_ca: str | None = None
-    tls_verify: bool = True
+    tls: bool = False  # api-ssl
+    tls_ca: str | None = None  # CA bundle that signed the router's certificate (default: system CAs)
+    tls_verify: bool = True  # verify the certificate and the host name
     connect_timeout_s: Positive = 3.0
     timeout_s: Positive = 3.0
     backoff_initial_s: Positive = 0.5
@@ -144,27 +152,41 @@ class Router(Section):
 
 
 class Wan(Section):
+    """One WAN: its CAKE queue in ``/queue/tree``, how to ping over it, its steering rule."""
+
     name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
-    queue: str
-    queue_capacity_packets: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    queue: str  # exact name of the CAKE entry in /queue/tree
+    queue_capacity_packets: Annotated[int, msgspec.Meta(ge=1)] = 1000  # 100 % queue depth
     ping_target: str = "1.1.1.1"
-    ping_count: Count = 1
-    rule_comment: str = ""
-    interval_s: Positive = 0.5
+    ping_count: Count = 1  # /ping count= (RouterOS pings forever without it)
+    ping_interval_s: Annotated[float, msgspec.Meta(ge=0.01, le=5.0)] = 1.0  # /ping interval=; a probe unanswered within it is lost
+    ping_routing_table: str | None = None  # /ping routing-table= : pin the probe to this WAN
+    ping_interface: str | None = None  # /ping interface= : pin the probe to this WAN
+    rule_comment: str = ""  # exact comment of the mangle rule that steers this WAN's traffic away
+    interval_s: Positive = 0.5  # poll period
     autorate_state_file: str | None = None  # baseline RTT and wan_zone from autorate
 
 
 class Collector(Section):
-    rtt_probe: Literal["router", "local"] = "router"
+    """Telemetry polling.  Baseline RTT: an estimator that moves toward a lower
+    RTT with ``baseline_down_alpha`` and toward a higher one with only
+    ``baseline_up_alpha`` per sample, so congestion does not drag it up; or the
+    WAN's autorate state file (``ewma.baseline_rtt``, ``congestion.dl_state``)
+    when it is younger than ``autorate_max_age_s``."""
+
+    rtt_probe: Literal["router", "local"] = "router"  # router: /ping on the router; local: ICMP from this host
     baseline_down_alpha: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
     baseline_up_alpha: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.002
     autorate_max_age_s: Positive = 10.0
 
 
 class Actuator(Section):
-    dry_run: bool = False
-    verify_retries: Annotated[int, msgspec.Meta(ge=0)] = 3
-    drift_check_s: Positive = 10.0
+    """Driving each WAN's mangle rule toward the desired state."""
+
+    dry_run: bool = False  # read, report dry_run, never write
+    verify_retries: Annotated[int, msgspec.Meta(ge=0)] = 3  # extra set+read-back rounds before `failed`
+    verify_delay_s: NonNegative = 0.05  # pause before each retry
+    drift_check_s: Positive = 10.0  # re-read every rule this often; re-assert if changed behind our back
 
 
 class Logger(Section):
@@ -364,10 +386,18 @@ def resolve_path(cfg: Config, path: str) -> Path:
     return p if p.is_absolute() else Path(cfg.base_dir) / p
 
 
+def router_address(cfg: Config) -> tuple[str, int]:
+    """Host and port of the RouterOS API; no host means the built-in simulator on 127.0.0.1."""
+    r = cfg.router
+    return (r.host or "127.0.0.1", r.port or (8729 if r.tls else 8728))
+
+
 def router_password(cfg: Config) -> str:
     """The router password from the file or environment variable the config names.
 
-    The password never lives in the YAML and is never put in an error message.
+    With no ``router.host`` (the built-in simulator) and neither set, it is
+    ``admin``, the simulator's default.  The password never lives in the YAML
+    and is never put in an error message.
     """
     r = cfg.router
     if r.password_file:
@@ -381,10 +411,15 @@ def router_password(cfg: Config) -> str:
         value = os.environ.get(r.password_env)
         if value is not None:
             return value
-    raise ConfigError(
-        ["router.password_env: no router password: set the environment variable "
-         f"{r.password_env!r} or router.password_file"]
-    )
+    if r.host is None:
+        return "admin"
+    if r.password_env:
+        raise ConfigError(
+            ["router.password_env: no router password: set the environment variable "
+             f"{r.password_env!r} or router.password_file"]
+        )
+    raise ConfigError(["router.password_env: no router password: name a variable in router.password_env "
+                       "or a file in router.password_file"])
 
 
 def is_loopback_host(host: str) -> bool:
