@@ -24,6 +24,18 @@ from proto.config import Config, ConfigError, resolve_path, router_address, rout
 log = logging.getLogger("wanctl.routeros")
 
 
+class _RedactPassword(logging.Filter):
+    """librouteros logs every word it sends at DEBUG, the /login password included: mask it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "=password=" in str(record.msg):
+            record.msg = re.sub(r"=password=[^'\"]*", "=password=***", str(record.msg))
+        return True
+
+
+logging.getLogger("librouteros").addFilter(_RedactPassword())
+
+
 class RouterUnreachable(Exception):
     """No usable connection: refused, timed out, closed, !fatal, or login refused."""
 

@@ -70,6 +70,11 @@ def parse_interval(text: str) -> float:
     return total
 
 
+def _count(value: float) -> int:
+    """A cumulative counter: whole events so far (the epsilon absorbs float summation error)."""
+    return int(math.floor(value + 1e-6))
+
+
 def _same(have: str, want: str) -> bool:
     if have == want:
         return True
@@ -78,10 +83,18 @@ def _same(have: str, want: str) -> bool:
     return False
 
 
+_SI = {"": 1, "k": 1e3, "M": 1e6, "G": 1e9}
+
+
+def _number(text: str) -> float | None:
+    """``1500``, ``100M``, ``2.5k`` as numbers (RouterOS rates and sizes); None otherwise."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([kMG]?)", text)
+    return float(match[1]) * _SI[match[2]] if match else None
+
+
 def _compare(have: str, want: str) -> int:
-    try:
-        a, b = int(have), int(want)
-    except ValueError:
+    a, b = _number(have), _number(want)
+    if a is None or b is None:
         a, b = have, want  # type: ignore[assignment]
     return (a > b) - (a < b)
 
@@ -295,9 +308,8 @@ class Router:
                 out.update({
                     "rate": str(int(c.rate_pps * pb * 8)), "packet-rate": str(int(c.rate_pps)),
                     "queued-packets": str(queued), "queued-bytes": str(queued * pb),
-                    "bytes": str(int(math.floor(traffic.bytes))),
-                    "packets": str(int(math.floor(traffic.packets))),
-                    "dropped": str(int(math.floor(traffic.dropped)))})
+                    "bytes": str(_count(traffic.bytes)), "packets": str(_count(traffic.packets)),
+                    "dropped": str(_count(traffic.dropped))})
             # RouterOS prints counters after the configuration properties.
             for key in ("invalid", "disabled", "comment"):
                 if key in out:
