@@ -190,6 +190,11 @@ class ConfidencePolicy(msgspec.Struct):
     hold_down_until: float | None = None
     penalty_until: float | None = None
     flap: list[float] = msgspec.field(default_factory=list)
+    # What an operator tunes by (seed: "too many resets = bad tuning").
+    degrade_resets: int = 0
+    recovery_resets: int = 0
+    hold_down_expiries: int = 0
+    penalties: int = 0
 
     def penalty_active(self, t: float) -> bool:
         return self.penalty_until is not None and t < self.penalty_until - TOL
@@ -201,7 +206,9 @@ class ConfidencePolicy(msgspec.Struct):
         """Run the timers on one sample; on a state change return ``sustained_s``."""
         if self.state == GOOD:
             if confidence < threshold:
-                self.degrade_start = None
+                if self.degrade_start is not None:
+                    self.degrade_start = None
+                    self.degrade_resets += 1
                 return None
             if self.degrade_start is None:
                 self.degrade_start = t
@@ -210,8 +217,11 @@ class ConfidencePolicy(msgspec.Struct):
                 self.enter(p, DEGRADED, t)
                 return sustained
             return None
-        if self.hold_down_until is not None and t < self.hold_down_until - TOL:
-            return None  # hold-down always runs to completion
+        if self.hold_down_until is not None:
+            if t < self.hold_down_until - TOL:
+                return None  # hold-down always runs to completion
+            self.hold_down_until = None
+            self.hold_down_expiries += 1
         eligible = (
             confidence <= p.recovery_threshold
             and cake_state in p.allowed
@@ -220,7 +230,9 @@ class ConfidencePolicy(msgspec.Struct):
             and (wan_zone is None or wan_zone == "GREEN")
         )
         if not eligible:
-            self.recovery_start = None
+            if self.recovery_start is not None:
+                self.recovery_start = None
+                self.recovery_resets += 1
             return None
         if self.recovery_start is None:
             self.recovery_start = t
@@ -253,6 +265,7 @@ class ConfidencePolicy(msgspec.Struct):
             del flap[: len(flap) - p.max_toggles - 1]
         if len(flap) > p.max_toggles and not self.penalty_active(t):
             self.penalty_until = t + p.penalty_s
+            self.penalties += 1
             flap.clear()
 
     def shift(self, by: float) -> None:

@@ -161,3 +161,14 @@ def test_state_reports_desired_state_and_timers():
     assert state.desired == "DEGRADED" and state.decision_seq == 1
     assert state.hold_down_remaining_s == pytest.approx(30.0 - 0.0)
     assert state.confidence == 75 and state.threshold == 55
+
+
+def test_timer_expiries_resets_and_penalties_are_counted_per_wan():
+    feed = Feed()
+    samples = feed.seconds(1.0, 0.5, **STEER_NOW) + feed.run(1, 0.5, **GREEN)  # degrade run reset
+    samples += feed.seconds(2.5, 0.5, **STEER_NOW) + feed.seconds(31.0, 0.5, **GREEN)
+    samples += feed.run(1, 0.5, cake_state="YELLOW") + feed.seconds(5.0, 0.5, **GREEN)  # recovery reset
+    engine = Engine(scorer_config(shadow=False))
+    assert len(decide(engine, samples)) == 2
+    cp = engine.wans["wan1"].confidence_policy
+    assert (cp.degrade_resets, cp.recovery_resets, cp.hold_down_expiries, cp.penalties) == (1, 1, 1, 0)

@@ -1,0 +1,449 @@
+"""Every stage's loopback health endpoint and its Prometheus metrics.
+
+A stage builds one ``Health``, starts it, and then only reports facts to it
+from its own loop: messages it saw (``saw``), inputs it expects to keep
+arriving (``expect``), rejected samples, reconnects, router errors, dropped
+frames, named conditions (``degrade``/``fail``/``clear``) and a ``details``
+snapshot.  A daemon thread serves:
+
+- ``GET /health``: JSON with ``status`` (``ok``/``degraded``/``failing``,
+  HTTP 200 for ok and 503 otherwise), ``reasons``, uptime, the last message
+  seen and its age, the counters and the stage's ``details``;
+- ``GET /metrics``: Prometheus exposition of the stage's own
+  ``CollectorRegistry`` (``StageMetrics``).
+
+In a stage's ``run(cfg)`` (the scorer as the example)::
+
+    health = Health.from_config(cfg, "scorer").start()   # before the loop; port 0 in config: off
+    health.expect("telemetry")                            # stale after health.stale_after_s: degraded
+    ...
+    message = decoder.decode(frames)
+    if message is not None:
+        health.saw(message.kind)
+    for decision in core.on_telemetry(message):
+        bus.publish(pub, decision); health.observe_decision(decision); health.sent("decision")
+    for state in core.engine.states(): health.observe_state(state)   # where states are published
+    health.sync_rejected(core.engine.rejected)
+    ...
+    finally: health.stop()
+
+Every age and uptime is measured on ``time.monotonic()``; wall-clock times
+appear only as display fields.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from proto.config import Config, is_loopback_host
+from proto.messages import DEGRADED as STEERING, ENABLE, Decision, State
+
+OK = "ok"
+DEGRADED = "degraded"
+FAILING = "failing"
+_SEVERITY = {OK: 0, DEGRADED: 1, FAILING: 2}
+STAGES = ("bus", "collector", "scorer", "actuator", "logger")
+
+
+class StageMetrics:
+    """The metric objects of one stage, registered in the stage's own registry.
+
+    Every stage exposes the same names; a stage updates the ones it owns
+    (the scorer the per-WAN scores and decisions, the collector the router
+    round trips, every stage its bus message counts).  Labelled metrics show
+    no series until a stage first sets them.
+    """
+
+    def __init__(self, stage: str, registry: CollectorRegistry):
+        self.stage = stage
+        self.registry = registry
+        r = registry
+        # scorer, per WAN
+        self.confidence = Gauge(
+            "wanctl_confidence_score", "Confidence score (0-100) of the last scored sample", ["wan"], registry=r
+        )
+        self.threshold = Gauge(
+            "wanctl_effective_threshold", "Effective steer threshold (base + flap penalty)", ["wan"], registry=r
+        )
+        self.steering_state = Gauge(
+            "wanctl_steering_state",
+            "1 while the policy's state is DEGRADED (steering on), 0 while GOOD",
+            ["wan", "policy", "driving"],
+            registry=r,
+        )
+        self.decisions = Counter(
+            "wanctl_decisions",
+            "Decisions emitted, by policy and direction (enable/disable)",
+            ["wan", "policy", "driving", "direction"],
+            registry=r,
+        )
+        self.fallback_decisions = Counter(
+            "wanctl_fallback_decisions",
+            "Decisions made by the Phase 2A fallback because the confidence policy failed on a sample",
+            ["wan"],
+            registry=r,
+        )
+        self.flap_penalty_active = Gauge(
+            "wanctl_flap_penalty_active", "1 while the flap penalty raises the threshold", ["wan"], registry=r
+        )
+        self.flap_brake_activations = Counter(
+            "wanctl_flap_brake_activations", "Flap penalties started", ["wan"], registry=r
+        )
+        self.timer_expiries = Counter(
+            "wanctl_timer_expiries",
+            "Timers that ran to completion (degrade, hold_down, recovery, flap_penalty)",
+            ["wan", "timer"],
+            registry=r,
+        )
+        self.timer_resets = Counter(
+            "wanctl_timer_resets",
+            "Runs cleared before completion (degrade, recovery), including by gaps",
+            ["wan", "timer"],
+            registry=r,
+        )
+        self.rejected_samples = Counter(
+            "wanctl_rejected_samples", "Telemetry samples rejected, by cause", ["wan", "cause"], registry=r
+        )
+        # collector / actuator: the router
+        self.router_rtt = Histogram(
+            "wanctl_router_request_seconds",
+            "Round-trip time of RouterOS API commands",
+            ["operation"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=r,
+        )
+        self.router_errors = Counter(
+            "wanctl_router_errors", "RouterOS API errors (traps, timeouts, socket errors)", ["operation"], registry=r
+        )
+        self.reconnects = Counter("wanctl_reconnects", "Reconnections, by peer", ["peer"], registry=r)
+        self.wan_rtt = Gauge("wanctl_wan_rtt_ms", "Last measured RTT of the WAN path (ms)", ["wan"], registry=r)
+        # every stage: the bus
+        self.bus_messages = Counter(
+            "wanctl_bus_messages",
+            "Bus messages by direction (sent/received) and kind",
+            ["direction", "kind"],
+            registry=r,
+        )
+        self.dropped_frames = Counter(
+            "wanctl_dropped_frames", "Bus frames dropped (undecodable, gap, duplicate...)", ["reason"], registry=r
+        )
+
+
+class Health:
+    """The health state and endpoint of one stage; thread-safe."""
+
+    def __init__(self, stage: str, host: str = "127.0.0.1", port: int | None = 0, stale_after_s: float = 5.0):
+        """``port=None`` keeps the bookkeeping but serves nothing; ``port=0`` binds a free port."""
+        if not is_loopback_host(host):
+            raise ValueError(f"health endpoint of {stage}: host must be a loopback address, got {host!r}")
+        self.stage = stage
+        self.host = host
+        self.port = port
+        self.stale_after_s = stale_after_s
+        self.registry = CollectorRegistry()
+        self.metrics = StageMetrics(stage, self.registry)
+        self._lock = threading.Lock()
+        self._started = time.monotonic()
+        self._started_wall = time.time()
+        self._last_kind: str | None = None
+        self._last_at: float | None = None
+        self._seen_at: dict[str, float] = {}
+        self._expected: dict[str, float] = {}
+        self._conditions: dict[str, tuple[str, str]] = {}
+        self._counters: dict[str, Any] = {
+            "rejected_samples": {},
+            "reconnects": 0,
+            "router_errors": 0,
+            "dropped_frames": {},
+        }
+        self._details: dict[str, Any] = {}
+        self._wans: dict[str, dict[str, Any]] = {}
+        self._fallbacks: dict[str, int] = {}
+        self._rejected_synced: dict[str, int] = {}
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        Gauge("wanctl_up_seconds", "Seconds since the stage started", registry=self.registry).set_function(
+            lambda: time.monotonic() - self._started
+        )
+        Gauge(
+            "wanctl_health_status", "0 ok, 1 degraded, 2 failing", registry=self.registry
+        ).set_function(lambda: _SEVERITY[self.snapshot()["status"]])
+        Gauge(
+            "wanctl_last_message_age_seconds",
+            "Seconds since the stage last saw a message (NaN before the first)",
+            registry=self.registry,
+        ).set_function(self._last_age)
+
+    @classmethod
+    def from_config(cls, cfg: Config, stage: str) -> Health:
+        """The stage's endpoint as configured in ``health:``; a port of 0 serves nothing."""
+        if stage not in STAGES:
+            raise ValueError(f"health: unknown stage {stage!r}, expected one of {', '.join(STAGES)}")
+        port = getattr(cfg.health, stage)
+        return cls(stage, cfg.health.host, port or None, cfg.health.stale_after_s)
+
+    # --- serving -------------------------------------------------------------
+
+    def start(self) -> Health:
+        """Bind and serve in a daemon thread; raises OSError naming the address if it is taken."""
+        if self.port is None or self._server is not None:
+            return self
+        handler = type("HealthRequestHandler", (_HealthRequestHandler,), {"health": self})
+        server_class = _IPv6Server if ":" in self.host else ThreadingHTTPServer
+        try:
+            self._server = server_class((self.host, self.port), handler)
+        except OSError as error:
+            raise OSError(
+                error.errno, f"health endpoint of {self.stage}: cannot listen on {self.host}:{self.port}: {error.strerror}"
+            ) from None
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name=f"health-{self.stage}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+        self._server = None
+        self._thread = None
+
+    @property
+    def url(self) -> str | None:
+        if self._server is None:
+            return None
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def __enter__(self) -> Health:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- what the stage reports ------------------------------------------------
+
+    def saw(self, kind: str, n: int = 1) -> None:
+        """``n`` messages of ``kind`` arrived (from the bus, a router poll, a replay...)."""
+        now = time.monotonic()
+        with self._lock:
+            self._last_kind = kind
+            self._last_at = now
+            self._seen_at[kind] = now
+        self.metrics.bus_messages.labels(direction="received", kind=kind).inc(n)
+
+    def sent(self, kind: str, n: int = 1) -> None:
+        self.metrics.bus_messages.labels(direction="sent", kind=kind).inc(n)
+
+    def expect(self, kind: str, max_age_s: float | None = None) -> None:
+        """From now on, no ``kind`` for ``max_age_s`` (default ``stale_after_s``) makes the stage degraded.
+
+        The clock starts now, so a stage that just started is not stale yet.
+        """
+        now = time.monotonic()
+        with self._lock:
+            self._expected[kind] = self.stale_after_s if max_age_s is None else max_age_s
+            self._seen_at.setdefault(kind, now)
+
+    def degrade(self, name: str, reason: str) -> None:
+        """Raise (or update) the named condition at ``degraded``; ``reason`` is shown to operators."""
+        with self._lock:
+            self._conditions[name] = (DEGRADED, reason)
+
+    def fail(self, name: str, reason: str) -> None:
+        with self._lock:
+            self._conditions[name] = (FAILING, reason)
+
+    def clear(self, name: str) -> None:
+        with self._lock:
+            self._conditions.pop(name, None)
+
+    def rejected(self, cause: str, wan: str = "") -> None:
+        with self._lock:
+            causes = self._counters["rejected_samples"]
+            causes[cause] = causes.get(cause, 0) + 1
+        self.metrics.rejected_samples.labels(wan=wan, cause=cause).inc()
+
+    def reconnected(self, peer: str) -> None:
+        with self._lock:
+            self._counters["reconnects"] += 1
+        self.metrics.reconnects.labels(peer=peer).inc()
+
+    def router_error(self, operation: str) -> None:
+        with self._lock:
+            self._counters["router_errors"] += 1
+        self.metrics.router_errors.labels(operation=operation).inc()
+
+    def dropped_frame(self, reason: str) -> None:
+        with self._lock:
+            drops = self._counters["dropped_frames"]
+            drops[reason] = drops.get(reason, 0) + 1
+        self.metrics.dropped_frames.labels(reason=reason).inc()
+
+    def count(self, name: str, n: int = 1) -> None:
+        """A stage-specific counter shown in the health JSON (e.g. ``decisions_written``)."""
+        with self._lock:
+            self._counters[name] = self._counters.get(name, 0) + n
+
+    def set_details(self, details: dict[str, Any]) -> None:
+        """Replace the stage's own ``details``; must be JSON-serialisable (``observe_state`` fills ``wans``)."""
+        with self._lock:
+            self._details = json.loads(json.dumps(details))
+
+    # --- the scorer's facts, straight from its messages -----------------------
+
+    def observe_decision(self, d: Decision) -> None:
+        """Count a decision the stage emitted (or logged): by policy, direction and fallback."""
+        m = self.metrics
+        driving = "true" if d.driving else "false"
+        direction = "enable" if d.decision == ENABLE else "disable"
+        m.decisions.labels(wan=d.wan, policy=d.policy, driving=driving, direction=direction).inc()
+        m.steering_state.labels(wan=d.wan, policy=d.policy, driving=driving).set(d.state == STEERING)
+        if d.fallback:
+            m.fallback_decisions.labels(wan=d.wan).inc()
+            with self._lock:
+                self._fallbacks[d.wan] = self._fallbacks.get(d.wan, 0) + 1
+
+    def observe_state(self, state: State) -> None:
+        """Take a WAN's published ``State`` as its gauges and its ``details["wans"]`` entry."""
+        m = self.metrics
+        m.confidence.labels(wan=state.wan).set(state.confidence)
+        m.threshold.labels(wan=state.wan).set(state.threshold)
+        m.flap_penalty_active.labels(wan=state.wan).set(state.flap_penalty)
+        with self._lock:
+            self._wans[state.wan] = scorer_wan_details(state, self._fallbacks.get(state.wan, 0))
+
+    def sync_rejected(self, totals: dict[str, int], wan: str = "") -> None:
+        """Bring the rejected-sample counters up to running ``totals`` by cause (e.g. the engine's)."""
+        for cause, total in totals.items():
+            delta = total - self._rejected_synced.get(cause, 0)
+            if delta > 0:
+                with self._lock:
+                    causes = self._counters["rejected_samples"]
+                    causes[cause] = causes.get(cause, 0) + delta
+                self.metrics.rejected_samples.labels(wan=wan, cause=cause).inc(delta)
+            self._rejected_synced[cause] = max(total, self._rejected_synced.get(cause, 0))
+
+    # --- reading -------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """The health document served at ``/health``."""
+        now = time.monotonic()
+        with self._lock:
+            conditions = dict(self._conditions)
+            for kind, max_age in self._expected.items():
+                age = now - self._seen_at[kind]
+                if age > max_age:
+                    conditions[f"stale_{kind}"] = (
+                        DEGRADED,
+                        f"no {kind} for {age:.1f} s (limit {max_age:g} s)",
+                    )
+            status = max((level for level, _ in conditions.values()), key=_SEVERITY.__getitem__, default=OK)
+            last = None
+            if self._last_at is not None:
+                age = now - self._last_at
+                last = {"kind": self._last_kind, "age_s": round(age, 3), "wall": round(time.time() - age, 3)}
+            return {
+                "stage": self.stage,
+                "status": status,
+                "reasons": {name: reason for name, (_, reason) in sorted(conditions.items())},
+                "uptime_s": round(now - self._started, 3),
+                "started_wall": round(self._started_wall, 3),
+                "last_message": last,
+                "counters": json.loads(json.dumps(self._counters)),
+                "details": {**self._details, "wans": json.loads(json.dumps(self._wans))} if self._wans
+                else self._details,
+            }
+
+    def flat_counters(self) -> dict[str, int]:
+        """The counters as ``name`` / ``name.cause`` integers, for the stage's heartbeat."""
+        with self._lock:
+            flat: dict[str, int] = {}
+            for name, value in self._counters.items():
+                if isinstance(value, dict):
+                    for cause, n in value.items():
+                        flat[f"{name}.{cause}"] = n
+                else:
+                    flat[name] = value
+            return flat
+
+    def _last_age(self) -> float:
+        with self._lock:
+            return math.nan if self._last_at is None else time.monotonic() - self._last_at
+
+
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+class _HealthRequestHandler(BaseHTTPRequestHandler):
+    health: Health
+    server_version = "wanctl-health"
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        path = self.path.split("?", 1)[0]
+        if path == "/health":
+            doc = self.health.snapshot()
+            self._reply(200 if doc["status"] == OK else 503, "application/json", json.dumps(doc).encode())
+        elif path == "/metrics":
+            self._reply(200, CONTENT_TYPE_LATEST, generate_latest(self.health.registry))
+        else:
+            self._reply(404, "application/json", b'{"error": "not found: try /health or /metrics"}')
+
+    def _reply(self, code: int, content_type: str, body: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        # Scrapes every few seconds would flood the stage's log.
+        pass
+
+
+def scorer_wan_details(state: State, fallbacks: int = 0) -> dict[str, Any]:
+    """The scorer's per-WAN ``details`` entry, from the ``State`` it publishes for that WAN."""
+    return {
+        "state": state.desired,
+        "policy": state.policy,
+        "confidence": state.confidence,
+        "threshold": state.threshold,
+        "degrade_remaining_s": state.degrade_remaining_s,
+        "hold_down_remaining_s": state.hold_down_remaining_s,
+        "recovery_remaining_s": state.recovery_remaining_s,
+        "flap_penalty": state.flap_penalty,
+        "flap_penalty_remaining_s": state.flap_penalty_remaining_s,
+        "decision_seq": state.decision_seq,
+        "fallbacks": fallbacks,
+    }
+
+
+def fetch_health(url: str, timeout_s: float = 2.0) -> dict[str, Any]:
+    """GET ``url``/health; returns the document (any status code) or raises OSError/ValueError."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout_s) as response:
+            body = response.read()
+    except urllib.error.HTTPError as error:
+        body = error.read()
+    doc = json.loads(body)
+    if not isinstance(doc, dict) or "status" not in doc:
+        raise ValueError(f"{url}/health: not a health document: {body[:80]!r}")
+    return doc
