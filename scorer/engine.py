@@ -350,18 +350,14 @@ class Engine:
         """Score one sample; return the decisions it causes (driving first)."""
         t = s.t
         rtt, base, drops, queue = s.rtt_ms, s.baseline_rtt_ms, s.drops_per_sec, s.queue_depth_pct
-        # One chained comparison per value: false for NaN, infinities and negatives.
-        valid = (
-            s.v == SCHEMA_VERSION
-            and _NEG_INF < t < _INF
-            and _NEG_INF < s.wall < _INF
-            and (rtt is None or 0.0 <= rtt < _INF)
-            and (base is None or 0.0 <= base < _INF)
-            and (drops is None or 0.0 <= drops < _INF)
-            and (queue is None or 0.0 <= queue < _INF)
-            and (s.cake_state is None or s.cake_state in _KNOWN_STATES)
-            and (s.wan_zone is None or s.wan_zone in _KNOWN_STATES)
-        )
+        # Fast path for the common complete sample: a sum of finite numbers is
+        # finite (x - x == 0 is false for NaN and infinities).  Anything else,
+        # and the rare overflow of the sum, gets the precise check.
+        valid = False
+        if (rtt is not None and base is not None and drops is not None and queue is not None
+                and s.cake_state is None and s.wan_zone is None and s.v == SCHEMA_VERSION):
+            total = t + s.wall + rtt + base + drops + queue
+            valid = total - total == 0.0 and rtt >= 0.0 and base >= 0.0 and drops >= 0.0 and queue >= 0.0
         w = self.wans.get(s.wan)
         cause = None if valid else rejection_cause(s)
         if cause is None and w is not None and s.stream == w.stream and t - w.last_t <= TOL:
