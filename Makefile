@@ -17,6 +17,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench_replay.py
+	$(PY) bench/bench_router.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

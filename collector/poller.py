@@ -245,7 +245,7 @@ class Collector:
         for row in rows:
             if "time" in row and row.get("status") != "timeout":
                 try:
-                    rtts.append(parse_duration(row["time"]) * 1000.0)
+                    rtts.append(round(parse_duration(row["time"]) * 1000.0, 3))  # whole microseconds
                 except ValueError:
                     self._note(w, "ping", f"/ping reply with an unreadable time {row['time']!r}")
         if not rtts:

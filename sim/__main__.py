@@ -56,6 +56,9 @@ def run(
     tls_cert: Optional[str] = typer.Option(None, "--tls-cert", help="serve api-ssl with this certificate chain"),
     tls_key: Optional[str] = typer.Option(None, "--tls-key", help="private key of --tls-cert"),
     pre_7_18: bool = typer.Option(False, "--pre-7-18", help="answer empty prints without !empty"),
+    ping_delay_scale: float = typer.Option(1.0, "--ping-delay-scale", min=0.0,
+                                           help="scale the real-time pacing of /ping (0: answer at once, "
+                                                "still reporting the simulated RTT; for benchmarks)"),
     list_: bool = typer.Option(False, "--list", help="list the shipped scenarios and exit"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -81,7 +84,8 @@ def run(
     if loaded.description:
         print(f"scenario: {loaded.description}", file=sys.stderr, flush=True)
     server = SimServer(Router(loaded), host=host, port=port, username=username, password=password,
-                       ssl_context=context, empty_reply=False if pre_7_18 else None)
+                       ssl_context=context, empty_reply=False if pre_7_18 else None,
+                       ping_delay_scale=ping_delay_scale)
     try:
         asyncio.run(_serve(server))
     except OSError as error:

@@ -44,6 +44,9 @@ BOOLS = {"yes": True, "true": True, "no": False, "false": False}
 READ_ONLY = {".id", "bytes", "packets", "dropped", "queued-packets", "queued-bytes", "rate", "packet-rate",
              "invalid", "dynamic", "kind"}
 
+# Properties computed at print time from the traffic model.
+LIVE = {"bytes", "packets", "dropped", "queued-packets", "queued-bytes", "rate", "packet-rate"}
+
 PING_ARGS = {"address", "count", "interval", "size", "ttl", "interface", "routing-table", "src-address",
              "do-not-fragment", "dscp", "arp-ping", "vrf"}
 
@@ -68,6 +71,15 @@ def parse_interval(text: str) -> float:
     if pos != len(text) or not text:
         raise ValueError(text)
     return total
+
+
+def _query_key(word: str) -> str | None:
+    """The property a query word reads (``?=name=x`` -> ``name``); None for ``?#`` operations."""
+    body = word[1:]
+    if body.startswith("#"):
+        return None
+    body = body.lstrip("=<>-")
+    return body.partition("=")[0]
 
 
 def _count(value: float) -> int:
@@ -345,7 +357,11 @@ class Router:
         if path not in ("/queue/tree", "/queue/type", "/ip/firewall/mangle"):
             raise Trap("no such command prefix")
         if verb in ("print", "getall"):
-            rows = [self._dynamic(path, item) for item in self.items(path)]
+            items = self.items(path)
+            if not any(_query_key(q) in LIVE for q in queries):
+                # The query reads configuration only: filter before computing live counters.
+                items = [i for i in items if query_matches({k: v for k, v in i.items() if v != ""}, queries)]
+            rows = [self._dynamic(path, item) for item in items]
             return self._print(rows, attrs, queries), {}
         if verb == "set":
             self._set(path, attrs)
