@@ -160,7 +160,7 @@ class SimServer:
         """The API is unreachable for ``seconds``: sessions dropped, connections refused."""
         await self.refuse_connections(True)
         self.drop_sessions()
-        self._later(seconds, self.refuse_connections(False))
+        self._later(seconds, lambda: self.refuse_connections(False))
 
     async def reboot(self, downtime_s: float = 1.0) -> None:
         """Reboot: sessions dropped, down for ``downtime_s``, then new ids, zeroed counters, rules as saved."""
@@ -168,13 +168,14 @@ class SimServer:
         await self.refuse_connections(True)
         self.drop_sessions()
         self.router.reboot()
-        self._later(downtime_s, self.refuse_connections(False))
+        self._later(downtime_s, lambda: self.refuse_connections(False))
 
-    def _later(self, seconds: float, coro) -> None:
+    def _later(self, seconds: float, make_coro) -> None:
+        """Run the coroutine ``make_coro()`` makes after ``seconds`` (cancelled by ``stop``)."""
         loop = asyncio.get_running_loop()
 
         def run() -> None:
-            loop.create_task(coro)
+            loop.create_task(make_coro())
 
         if seconds <= 0:
             run()
