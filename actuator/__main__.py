@@ -1,0 +1,104 @@
+"""``wanctl-actuator`` / ``wanctl-actuator-noop``: drive each WAN's mangle rule to ``state.<wan>``.
+
+Level-triggered: every ``state.<wan>`` (re-published by the scorer at least
+once a second) is handed to the core's ``want``; the core converges the rule,
+re-asserts after a restart or a manual change, and reports ``actuation.<wan>``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import zmq
+
+from proto import bus
+from proto.config import Config, ConfigError, router_password
+from proto.messages import State
+
+log = logging.getLogger("wanctl.actuator")
+
+
+def run(cfg: Config, password: str | None, *, dry_run: bool, stage: str) -> int:
+    from actuator.rule import Actuator
+
+    stop = bus.StopFlag()
+    epoch = bus.new_epoch()
+    ctx = zmq.Context()
+    sub = bus.subscriber(ctx, cfg, [b"state."])
+    pub = bus.publisher(ctx, cfg)
+    decoder = bus.FrameDecoder()
+    beats = bus.Heartbeats(stage, epoch, cfg.bus.heartbeat_s)
+    actuator = Actuator(cfg, password, epoch=epoch, dry_run=dry_run)
+    known_wans = {w.name for w in cfg.wans}
+    counters = {"states_seen": 0, "states_unknown_wan": 0, "actuations_published": 0}
+    try:
+        while not stop.stopping:
+            wait = min(actuator.next_due(), beats.due) - time.monotonic()
+            if sub.poll(max(0, min(100, int(wait * 1000) + 1)), zmq.POLLIN):
+                for _ in range(1000):
+                    try:
+                        frames = sub.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    message = decoder.decode(frames)
+                    if not isinstance(message, State):
+                        continue
+                    if message.wan not in known_wans:
+                        counters["states_unknown_wan"] += 1
+                        continue
+                    counters["states_seen"] += 1
+                    actuator.want(message.wan, message.desired, message.decision_seq)
+            now = time.monotonic()
+            for actuation in actuator.step(now):
+                bus.publish(pub, actuation)
+                counters["actuations_published"] += 1
+            beats.maybe_send(pub, now, {**actuator.counters, **counters, **decoder.counters})
+    finally:
+        actuator.close()
+        sub.close(cfg.bus.linger_ms)
+        pub.close(cfg.bus.linger_ms)
+        ctx.term()
+    log.info("%s stopped", stage)
+    return 0
+
+
+def _entry(noop: bool) -> None:
+    import typer
+
+    app = typer.Typer(add_completion=False)
+    stage = "actuator-noop" if noop else "actuator"
+
+    @app.command()
+    def _main(config: str = typer.Option(None, "--config", help="wanctl.yaml")) -> None:
+        """Drive each WAN's mangle rule toward the scorer's desired state."""
+        bus.setup_logging(stage)
+        cfg = bus.load_stage_config(config, stage)
+        dry_run = noop or cfg.actuator.dry_run
+        try:
+            if not cfg.wans:
+                raise ConfigError(["wans: the actuator needs at least one WAN, got []"])
+            password = router_password(cfg)
+        except ConfigError as error:
+            for problem in error.problems:
+                print(f"wanctl-{stage}: config error: {problem}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        if dry_run:
+            log.info("dry run: the mangle rules are read, never written")
+        raise SystemExit(run(cfg, password, dry_run=dry_run, stage=stage))
+
+    app()
+
+
+def main() -> None:
+    _entry(noop=False)
+
+
+def main_noop() -> None:
+    """The no-op twin: same bookkeeping, publishes ``dry_run`` results, never writes."""
+    _entry(noop=True)
+
+
+if __name__ == "__main__":
+    main()

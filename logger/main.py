@@ -1,0 +1,140 @@
+"""The logger process: decisions from the bus into ``logger.path``, exactly once and in order.
+
+It asks the scorer's journal socket for everything after its file's last seq
+when it starts, whenever a live decision shows a gap, whenever the scorer's
+heartbeat reports a later decision than the file holds, and every few seconds
+as a backstop.  A request that gets no answer within ``REPLY_TIMEOUT_S`` (the
+scorer is down) is abandoned with its socket and asked again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import msgspec
+import zmq
+
+from logger.writer import DecisionLog
+from proto import bus
+from proto.config import Config, resolve_path
+from proto.decisionlog import DecisionFile, ReplayReply, ReplayRequest
+from proto.messages import Decision, Heartbeat, from_json
+
+log = logging.getLogger("wanctl.logger")
+
+REPLY_TIMEOUT_S = 2.0
+BACKSTOP_S = 5.0
+
+
+def run(cfg: Config) -> int:
+    stop = bus.StopFlag()
+    epoch = bus.new_epoch()
+    lc = cfg.logger
+    file = DecisionFile(resolve_path(cfg, lc.path), fsync=lc.fsync, fsync_interval_s=lc.fsync_interval_s,
+                        rotate_bytes=lc.rotate_bytes, rotate_keep=lc.rotate_keep)
+    decisions = DecisionLog(file)
+    log.info("logger: %s holds decisions up to seq %d", file.path, file.last_seq)
+    ctx = zmq.Context()
+    sub = bus.subscriber(ctx, cfg, [b"decision.", b"heartbeat.scorer"])
+    pub = bus.publisher(ctx, cfg)
+    decoder = bus.FrameDecoder()
+    beats = bus.Heartbeats("logger", epoch, cfg.bus.heartbeat_s)
+    counters = {"replay_requests": 0, "replay_timeouts": 0, "replayed_lines": 0, "bad_replay_lines": 0,
+                "torn_bytes_repaired": file.repaired_bytes}
+    dealer: zmq.Socket | None = None
+    asked_at: float | None = None  # monotonic time of the outstanding request
+    replay_needed = True
+    backstop_due = time.monotonic() + BACKSTOP_S
+
+    def new_dealer() -> zmq.Socket:
+        sock = bus.client_socket(ctx, zmq.DEALER, cfg, cfg.bus.journal, hwm=10)
+        return sock
+
+    dealer = new_dealer()
+    poller = zmq.Poller()
+    poller.register(sub, zmq.POLLIN)
+    poller.register(dealer, zmq.POLLIN)
+    try:
+        while not stop.stopping:
+            now = time.monotonic()
+            if replay_needed and asked_at is None:
+                try:
+                    dealer.send(msgspec.msgpack.encode(ReplayRequest(after=decisions.last_seq)), zmq.NOBLOCK)
+                    counters["replay_requests"] += 1
+                    asked_at = now
+                    replay_needed = False
+                except zmq.Again:
+                    pass
+            if asked_at is not None and now - asked_at > REPLY_TIMEOUT_S:
+                counters["replay_timeouts"] += 1
+                poller.unregister(dealer)
+                dealer.close(0)
+                dealer = new_dealer()
+                poller.register(dealer, zmq.POLLIN)
+                asked_at = None
+                replay_needed = True
+            events = dict(poller.poll(100))
+            if sub in events:
+                for _ in range(1000):
+                    try:
+                        frames = sub.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    message = decoder.decode(frames)
+                    if isinstance(message, Decision):
+                        if decisions.offer_decision(message):
+                            replay_needed = True
+                    elif isinstance(message, Heartbeat) and message.stage == "scorer":
+                        if message.counters.get("last_decision_seq", 0) > decisions.last_seq:
+                            replay_needed = True
+            if dealer in events:
+                try:
+                    reply = msgspec.msgpack.decode(dealer.recv(zmq.NOBLOCK), type=ReplayReply)
+                except zmq.Again:
+                    reply = None
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    counters["bad_replay_lines"] += 1
+                    reply = None
+                if reply is not None:
+                    asked_at = None
+                    for line in reply.lines:
+                        try:
+                            decision = from_json(line)
+                        except (msgspec.DecodeError, msgspec.ValidationError):
+                            counters["bad_replay_lines"] += 1
+                            continue
+                        if isinstance(decision, Decision):
+                            decisions.offer(decision.seq, line)
+                            counters["replayed_lines"] += 1
+                    if reply.lines and reply.last_seq > decisions.last_seq:
+                        replay_needed = True  # more pages
+            now = time.monotonic()
+            if now >= backstop_due:
+                replay_needed = True
+                backstop_due = now + BACKSTOP_S
+            file.maybe_sync()
+            beats.maybe_send(pub, now, {**decisions.counters, **counters, **decoder.counters,
+                                        "last_seq": decisions.last_seq})
+    finally:
+        file.close()
+        for sock in (sub, pub, dealer):
+            sock.close(cfg.bus.linger_ms)
+        ctx.term()
+    log.info("logger stopped at seq %d", decisions.last_seq)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    import typer
+
+    app = typer.Typer(add_completion=False)
+
+    @app.command()
+    def _main(config: str = typer.Option(None, "--config", help="wanctl.yaml")) -> None:
+        """Write every decision exactly once, in seq order, to logger.path."""
+        bus.setup_logging("logger")
+        cfg = bus.load_stage_config(config, "logger")
+        raise SystemExit(run(cfg))
+
+    app(argv)

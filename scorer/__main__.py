@@ -1,0 +1,3 @@
+from scorer.process import main
+
+main()

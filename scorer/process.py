@@ -1,0 +1,242 @@
+"""The scorer process: the engine between the bus, the journal and the state file.
+
+Crash safety (SIGKILL at any moment), per sample that yields decisions:
+
+1. the engine decides (in memory only);
+2. the state snapshot is written atomically, carrying the new engine state
+   *and* the new decisions (``recent``) — this is the commit point;
+3. the decisions are appended to the journal and fsync'd;
+4. only then are they published.
+
+A kill before 2 loses nothing anyone has seen: the old snapshot restores the
+old state and the next samples decide again, with the same seq.  A kill
+between 2 and 3 is repaired on restart: decisions in the snapshot's
+``recent`` that are newer than the journal's last line are appended first.
+So the journal is always a prefix-complete record of every decision the
+engine state reflects, and the next seq is ``max(snapshot, journal + 1)``.
+Between decisions the snapshot is rewritten every ``persist_interval_s`` so
+running timers resume close to where they were.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import msgspec
+import zmq
+
+from proto import bus
+from proto.config import Config, resolve_path
+from proto.decisionlog import REPLAY_LIMIT, DecisionFile, ReplayReply, ReplayRequest, write_atomic
+from proto.messages import Decision, State, Telemetry, from_json, to_json
+from scorer.engine import Engine
+
+log = logging.getLogger("wanctl.scorer")
+
+RECENT = 32  # decisions kept in the snapshot for journal repair
+
+
+class PersistedState(msgspec.Struct):
+    """The scorer's state file: the engine snapshot plus its latest decisions."""
+
+    engine: bytes
+    recent: list[bytes] = []  # Decision JSON lines, oldest first
+
+
+class ScorerCore:
+    """Engine + journal + state file; no sockets (the loop in ``run`` owns them)."""
+
+    def __init__(self, cfg: Config, *, epoch: int) -> None:
+        s = cfg.scorer
+        self.cfg = cfg
+        self.epoch = epoch
+        self.state_path = resolve_path(cfg, s.state_path)
+        self.journal = DecisionFile(resolve_path(cfg, s.journal_path), fsync="always", keep_entries=True)
+        self.counters = {"journal_repaired": 0, "state_file_errors": 0, "replays_served": 0}
+        self.engine, recent = self._load_state()
+        for line in recent:  # kill between the snapshot and the journal append
+            decision = from_json(line)
+            if decision.seq > self.journal.last_seq:
+                self.journal.append_decisions([decision])
+                self.counters["journal_repaired"] += 1
+        if self.counters["journal_repaired"]:
+            log.warning("journal: restored %d decisions from the state file", self.counters["journal_repaired"])
+        if self.journal.last_seq >= self.engine.next_seq:
+            log.warning("journal: last seq %d is ahead of the state file's next seq %d; continuing after it",
+                        self.journal.last_seq, self.engine.next_seq)
+        self.engine.next_seq = max(self.engine.next_seq, self.journal.last_seq + 1)
+        self.dirty = False
+        log.info("scorer: next decision seq %d, %d WANs restored, journal %s",
+                 self.engine.next_seq, len(self.engine.wans), self.journal.path)
+
+    def _load_state(self) -> tuple[Engine, list[bytes]]:
+        try:
+            data = self.state_path.read_bytes()
+        except FileNotFoundError:
+            return Engine(self.cfg.scorer, epoch=self.epoch), []
+        try:
+            saved = msgspec.msgpack.decode(data, type=PersistedState)
+            return Engine.restore(self.cfg.scorer, saved.engine, epoch=self.epoch), saved.recent
+        except Exception as error:  # noqa: BLE001 - a bad state file must not stop steering
+            self.counters["state_file_errors"] += 1
+            bad = self.state_path.with_name(self.state_path.name + ".bad")
+            self.state_path.rename(bad)
+            log.error("%s: cannot restore scorer state (%s); moved to %s, starting from GOOD",
+                      self.state_path, error, bad)
+            return Engine(self.cfg.scorer, epoch=self.epoch), []
+
+    def persist(self) -> None:
+        recent = [line for _, line in self.journal.entries[-RECENT:]]
+        write_atomic(self.state_path, msgspec.msgpack.encode(
+            PersistedState(engine=self.engine.export(), recent=recent)))
+        self.dirty = False
+
+    def on_telemetry(self, sample: Telemetry) -> list[Decision]:
+        """Score one sample; decisions come back already committed and journaled."""
+        decisions = self.engine.process(sample)
+        if self.engine.last_rejection is None:
+            self.dirty = True
+        if decisions:
+            lines = [to_json(d) for d in decisions]
+            recent = [line for _, line in self.journal.entries[-RECENT:]] + lines
+            write_atomic(self.state_path, msgspec.msgpack.encode(
+                PersistedState(engine=self.engine.export(), recent=recent[-RECENT:])))
+            self.dirty = False
+            self.journal.append_decisions(decisions)
+        return decisions
+
+    def replay(self, request: ReplayRequest) -> ReplayReply:
+        """Journal lines after a seq (the logger's catch-up)."""
+        self.counters["replays_served"] += 1
+        entries = self.journal.entries
+        # entries are in seq order; find the first with seq > after.
+        lo, hi = 0, len(entries)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if entries[mid][0] <= request.after:
+                lo = mid + 1
+            else:
+                hi = mid
+        limit = max(1, min(request.limit, REPLAY_LIMIT))
+        return ReplayReply(last_seq=self.journal.last_seq, lines=[line for _, line in entries[lo:lo + limit]])
+
+    def all_counters(self) -> dict[str, int]:
+        out = dict(self.engine.counters)
+        out.update({f"rejected_{k}": v for k, v in self.engine.rejected.items()})
+        out.update(self.counters)
+        out["last_decision_seq"] = self.journal.last_seq
+        out["next_seq"] = self.engine.next_seq
+        return out
+
+    def close(self) -> None:
+        try:
+            self.persist()
+        finally:
+            self.journal.close()
+
+
+def _state_key(state: State) -> tuple:
+    return (state.desired, state.decision_seq, state.flap_penalty)
+
+
+def run(cfg: Config) -> int:
+    stop = bus.StopFlag()
+    epoch = bus.new_epoch()
+    core = ScorerCore(cfg, epoch=epoch)
+    ctx = zmq.Context()
+    auth = bus.start_authenticator(ctx, cfg)
+    sub = bus.subscriber(ctx, cfg, [b"telemetry."])
+    pub = bus.publisher(ctx, cfg)
+    journal_sock = bus.server_socket(ctx, zmq.ROUTER, cfg, cfg.bus.journal)
+    decoder = bus.FrameDecoder()
+    beats = bus.Heartbeats("scorer", epoch, cfg.bus.heartbeat_s)
+    state_seq = 0
+    published: dict[str, tuple] = {}
+    s = cfg.scorer
+    now = time.monotonic()
+    states_due = now
+    persist_due = now + s.persist_interval_s
+    counters = {"decisions_published": 0, "states_published": 0, "bad_replay_requests": 0}
+    poller = zmq.Poller()
+    poller.register(sub, zmq.POLLIN)
+    poller.register(journal_sock, zmq.POLLIN)
+
+    def publish_states(force: bool) -> None:
+        nonlocal state_seq
+        for state in core.engine.states():
+            key = _state_key(state)
+            if force or published.get(state.wan) != key:
+                state_seq += 1
+                bus.publish(pub, msgspec.structs.replace(state, seq=state_seq, epoch=epoch))
+                published[state.wan] = key
+                counters["states_published"] += 1
+
+    try:
+        while not stop.stopping:
+            now = time.monotonic()
+            timeout = min(states_due, persist_due, beats.due) - now
+            events = dict(poller.poll(max(0, min(100, int(timeout * 1000) + 1))))
+            if sub in events:
+                for _ in range(1000):
+                    try:
+                        frames = sub.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    message = decoder.decode(frames)
+                    if not isinstance(message, Telemetry):
+                        continue
+                    decisions = core.on_telemetry(message)
+                    for decision in decisions:
+                        bus.publish(pub, decision)
+                        counters["decisions_published"] += 1
+                    if decisions:
+                        publish_states(force=False)
+            if journal_sock in events:
+                while True:
+                    try:
+                        frames = journal_sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    try:
+                        request = msgspec.msgpack.decode(frames[-1], type=ReplayRequest)
+                    except Exception:  # noqa: BLE001
+                        counters["bad_replay_requests"] += 1
+                        continue
+                    reply = msgspec.msgpack.encode(core.replay(request))
+                    try:
+                        journal_sock.send_multipart([frames[0], reply], zmq.NOBLOCK)
+                    except zmq.ZMQError:
+                        pass  # the requester went away; it will ask again
+            now = time.monotonic()
+            if now >= states_due:
+                publish_states(force=True)
+                states_due = now + s.state_interval_s
+            if now >= persist_due:
+                if core.dirty:
+                    core.persist()
+                persist_due = now + s.persist_interval_s
+            beats.maybe_send(pub, now, {**core.all_counters(), **counters, **decoder.counters})
+    finally:
+        core.close()
+        for sock in (sub, pub, journal_sock):
+            sock.close(cfg.bus.linger_ms)
+        if auth is not None:
+            auth.stop()
+        ctx.term()
+    log.info("scorer stopped at decision seq %d", core.journal.last_seq)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    import typer
+
+    app = typer.Typer(add_completion=False)
+
+    @app.command()
+    def _main(config: str = typer.Option(None, "--config", help="wanctl.yaml")) -> None:
+        """Score telemetry from the bus; journal, publish and persist decisions."""
+        bus.setup_logging("scorer")
+        cfg = bus.load_stage_config(config, "scorer")
+        raise SystemExit(run(cfg))
+
+    app(argv)

@@ -1,0 +1,287 @@
+"""Real processes for pipeline tests: stage subprocesses, bus clients, supervisord.
+
+Every wait has a deadline (``wait_for``); every process started here is
+stopped by its owner's ``close``/``stop`` (SIGTERM, then SIGKILL).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import msgspec
+import yaml
+import zmq
+
+from proto import bus
+from proto.config import Config, parse_config
+from proto.messages import Message, from_json
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def wait_for(condition, timeout: float, what: str, interval: float = 0.05):
+    """Poll ``condition()`` until it returns something truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def short_tmp(prefix: str = "wc") -> Path:
+    """A short temp dir under /tmp (ipc paths are limited to ~107 bytes)."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+def fast_scorer(**extra) -> dict:
+    """Scorer timings for tests: episodes of a few seconds steer on and off."""
+    cfg = {
+        "shadow": True,
+        "max_gap_s": 5.0,
+        "confidence": {"sustain_s": 1.0, "recovery_sustain_s": 1.0, "hold_down_s": 2.0},
+        "flap": {"enabled": False},
+        "hysteresis": {"green_samples_required": 4},
+        "persist_interval_s": 0.5,
+        "state_interval_s": 0.5,
+    }
+    cfg.update(extra)
+    return cfg
+
+
+def write_config(directory: Path, raw: dict, name: str = "wanctl.yaml") -> Path:
+    """A config whose paths all live in ``directory``."""
+    raw = dict(raw)
+    raw.setdefault("bus", {})
+    raw["bus"] = {"run_dir": str(directory / "run"), **raw["bus"]}
+    raw.setdefault("scorer", {})
+    raw["scorer"] = {"state_path": str(directory / "scorer-state.msgpack"),
+                     "journal_path": str(directory / "scorer-journal.jsonl"), **raw["scorer"]}
+    raw.setdefault("logger", {})
+    raw["logger"] = {"path": str(directory / "decisions.jsonl"), **raw["logger"]}
+    path = directory / name
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def load(path: Path) -> Config:
+    return parse_config(yaml.safe_load(path.read_text()), str(path.parent))
+
+
+def decision_seqs(path: Path) -> list[int]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_bytes().splitlines():
+        if line.strip():
+            out.append(msgspec.json.decode(line)["seq"])
+    return out
+
+
+class Stage:
+    """One stage (console script) as a real subprocess, output to a file."""
+
+    def __init__(self, script: str, config: Path, log_dir: Path, *args: str, env: dict | None = None) -> None:
+        self.name = script
+        self.log_path = log_dir / f"{script}.{time.monotonic_ns()}.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [str(BIN / script), "--config", str(config), *args],
+            stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            cwd=str(log_dir),
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 5.0) -> int:
+        """SIGTERM, wait; SIGKILL if it does not stop in time. Returns the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+        return self.proc.returncode
+
+
+class BusClient:
+    """A test's own publisher and subscriber on the bus."""
+
+    def __init__(self, cfg: Config, prefixes: list[bytes] = (b"",)) -> None:
+        self.ctx = zmq.Context()
+        self.pub = bus.watched_publisher(self.ctx, cfg)
+        self.subscriptions: set[bytes] = set()
+        self.sub = bus.subscriber(self.ctx, cfg, list(prefixes))
+        self.decoder = bus.FrameDecoder()
+        self.seen: list[Message] = []
+
+    def connected(self, timeout: float = 15.0) -> None:
+        if not bus.wait_welcome(self.sub, timeout):
+            raise AssertionError(f"no welcome from the bus within {timeout}s")
+
+    def subscribed(self, topic: bytes, timeout: float = 15.0) -> None:
+        """Wait until something on the bus subscribes to ``topic`` (then a send reaches it)."""
+        if not bus.wait_subscribed(self.pub, topic, timeout, self.subscriptions):
+            raise AssertionError(f"nobody subscribed to {topic!r} within {timeout}s (seen {self.subscriptions})")
+
+    def send(self, message: Message) -> None:
+        bus.publish(self.pub, message)
+
+    def send_raw(self, frames: list[bytes]) -> None:
+        self.pub.send_multipart(frames)
+
+    def drain(self, wait_ms: int = 0) -> list[Message]:
+        got = []
+        if self.sub.poll(wait_ms, zmq.POLLIN):
+            while True:
+                try:
+                    frames = self.sub.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                message = self.decoder.decode(frames)
+                if message is not None:
+                    got.append(message)
+        self.seen.extend(got)
+        return got
+
+    def wait_message(self, match, timeout: float, what: str) -> Message:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for message in self.drain(50):
+                if match(message):
+                    return message
+        raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+
+    def close(self) -> None:
+        self.pub.close(0)
+        self.sub.close(0)
+        self.ctx.term()
+
+
+class Supervisor:
+    """The repo's supervisord.conf, run for real in a temp directory.
+
+    The directory gets a copy of ``supervisord.conf`` and a ``.venv`` link to
+    this interpreter's environment, so ``%(here)s`` paths resolve as they do in
+    the repo; the test supplies ``wanctl.sim.yaml``.  ``sim_args`` replaces the
+    sim program's arguments (free port, test scenario).
+    """
+
+    def __init__(self, directory: Path, config: dict, *, sim_args: str, scenario: Path | None = None) -> None:
+        self.dir = directory
+        venv = Path(sys.prefix)
+        (directory / ".venv").symlink_to(venv)
+        text = (REPO / "supervisord.conf").read_text()
+        lines = []
+        in_sim = False
+        for line in text.splitlines():
+            if line.startswith("["):
+                in_sim = line.strip() == "[program:sim]"
+            if in_sim and line.startswith("command="):
+                line = f"command=%(here)s/.venv/bin/wanctl-sim {sim_args}"
+            lines.append(line)
+        self.conf = directory / "supervisord.conf"
+        self.conf.write_text("\n".join(lines) + "\n")
+        config = dict(config)  # everything under var/, as with the repo's wanctl.sim.yaml
+        config["bus"] = {"run_dir": "var/run", **config.get("bus", {})}
+        config["scorer"] = {"state_path": "var/scorer-state.msgpack", "journal_path": "var/scorer-journal.jsonl",
+                            **config.get("scorer", {})}
+        config["logger"] = {"path": "var/decisions.jsonl", **config.get("logger", {})}
+        (directory / "var").mkdir()
+        self.config_path = write_config(directory, config, "wanctl.sim.yaml")
+        self.cfg = load(self.config_path)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.proc = subprocess.Popen(
+            [str(BIN / "supervisord"), "-n", "-c", str(self.conf)], cwd=str(self.dir),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda: (self.dir / "var" / "supervisor.sock").exists(), timeout, "supervisord's socket")
+
+    def ctl(self, *args: str, timeout: float = 30.0) -> str:
+        result = subprocess.run([str(BIN / "supervisorctl"), "-c", str(self.conf), *args], cwd=str(self.dir),
+                                capture_output=True, text=True, timeout=timeout)
+        return result.stdout + result.stderr
+
+    def status(self) -> dict[str, str]:
+        out = {}
+        for line in self.ctl("status").splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[0].startswith("wanctl:"):
+                out[parts[0].split(":", 1)[1]] = parts[1]
+        return out
+
+    def wait_running(self, names: list[str], timeout: float = 60.0) -> None:
+        wait_for(lambda: all(self.status().get(n) == "RUNNING" for n in names), timeout,
+                 f"{names} RUNNING under supervisord (now {self.status()})", interval=0.3)
+
+    def pid(self, name: str) -> int:
+        out = self.ctl("pid", f"wanctl:{name}").strip()
+        return int(out) if out.isdigit() else 0
+
+    def kill(self, name: str) -> int:
+        """SIGKILL one stage (supervisord restarts it); returns the killed pid."""
+        pid = self.pid(name)
+        if pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return pid
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+
+    def logs(self) -> str:
+        out = []
+        for path in sorted((self.dir / "var" / "log").glob("*.log")):
+            out.append(f"--- {path.name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-20:]))
+        return "\n".join(out)
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def read_jsonl(path: Path) -> list[Message]:
+    return [from_json(line) for line in path.read_bytes().splitlines() if line.strip()]
