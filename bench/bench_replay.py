@@ -29,11 +29,19 @@ TARGET = 250_000
 
 
 def write_trace(path: Path, samples: int, seed: int = 7) -> None:
-    """A two-WAN trace: mostly healthy, with episodes every few minutes."""
+    """A two-WAN trace in the collector's own number formats, mostly healthy,
+    with congestion episodes of varying strength every few minutes.
+
+    As the collector produces them: RTT in whole microseconds (RouterOS ping
+    durations), queue depth from whole packets of a 1000-packet queue, drops
+    per second from whole-packet counter deltas over the measured poll
+    interval, and a baseline that is an estimator's running value.
+    """
     rng = random.Random(seed)
     enc = msgspec.json.Encoder()
     wans = ["wan1", "wan2"]
     episode = {w: (0.0, 0.0) for w in wans}  # (end t, strength)
+    baseline = {w: 20.0 for w in wans}
     with path.open("wb") as out:
         buf = bytearray()
         for seq in range(1, samples + 1):
@@ -44,14 +52,17 @@ def write_trace(path: Path, samples: int, seed: int = 7) -> None:
                 episode[wan] = (t + rng.uniform(5, 90), rng.choice([0.3, 0.6, 1.0, 1.5]))
                 end, strength = episode[wan]
             congested = t < end
-            rtt = 20 + rng.gauss(2, 1.5) + (strength * 120 + rng.gauss(0, 15) if congested else 0)
+            rtt = round(max(1.0, 20 + rng.gauss(2, 1.5) + (strength * 120 + rng.gauss(0, 15) if congested else 0)), 3)
+            baseline[wan] += 0.002 * (min(rtt, 25.0) - baseline[wan])
+            elapsed = 0.5 + rng.uniform(-0.003, 0.003)
+            dropped = max(0, round(strength * 4 + rng.gauss(0, 1))) if congested else 0
+            packets = round(min(1000, max(0, strength * 600 + rng.gauss(0, 100)))) if congested else rng.randrange(40)
             sample = Telemetry(
                 wan=wan, seq=seq, stream="boot-bench", t=t, wall=1.7e9 + t,
-                rtt_ms=None if rng.random() < 0.002 else max(1.0, rtt),
-                baseline_rtt_ms=20.0,
-                drops_per_sec=max(0.0, strength * 8 + rng.gauss(0, 2)) if congested else 0.0,
-                queue_depth_pct=min(100.0, max(0.0, strength * 60 + rng.gauss(0, 10))) if congested
-                else abs(rng.gauss(2, 1)),
+                rtt_ms=None if rng.random() < 0.002 else rtt,
+                baseline_rtt_ms=baseline[wan],
+                drops_per_sec=dropped / elapsed,
+                queue_depth_pct=100.0 * packets / 1000,
             )
             enc.encode_into(sample, buf, len(buf))
             buf += b"\n"

@@ -48,6 +48,8 @@ _INF = math.inf
 _NEG_INF = -math.inf
 _NONE: list = []  # shared empty result: callers must not mutate what process() returns
 _NO_CONTRIBUTORS: list[str] = []
+# Histories are trimmed back to 3 entries whenever they grow past this.
+_HISTORY_MAX = 16
 # The cake state Phase 2A counts in each steering state.
 _TOWARD = {GOOD: "RED", DEGRADED: "GREEN"}
 
@@ -292,10 +294,7 @@ class WanScorer(msgspec.Struct):
     hysteresis_policy: Hysteresis = msgspec.field(default_factory=Hysteresis)
     fallback: Hysteresis = msgspec.field(default_factory=Hysteresis)
     decision_seq: int = 0  # last decision that set the driving state
-    confidence: int = 0
-    threshold: int = 0
-    flap_penalty: bool = False
-    contributors: list[str] = msgspec.field(default_factory=list)
+    last_score: tuple[int, int, bool] = (0, 0, False)  # confidence, threshold, flap_penalty
 
     def clear_runs(self) -> None:
         """Section 5.2: a gap (or a new stream) breaks every sustained run."""
@@ -330,8 +329,7 @@ class Engine:
         self.wans: dict[str, WanScorer] = {}
         self.last_rejection: str | None = None
         self.rejected: dict[str, int] = {}
-        self.counters: dict[str, int] = {
-            "accepted": 0,
+        self._counters: dict[str, int] = {
             "scored": 0,
             "ignored_null_rtt": 0,
             "gaps": 0,
@@ -343,6 +341,12 @@ class Engine:
         self.driving_confidence = cfg.policy == CONFIDENCE
         self.confidence_running = self.driving_confidence or cfg.shadow
         self.hysteresis_running = not self.driving_confidence or cfg.shadow
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """What the engine has seen; every accepted sample is scored or ignored."""
+        c = self._counters
+        return {"accepted": c["scored"] + c["ignored_null_rtt"], **c}
 
     # --- the one entry point ------------------------------------------------
 
@@ -366,11 +370,10 @@ class Engine:
         if cause is not None:
             self.rejected[cause] = self.rejected.get(cause, 0) + 1
             return _NONE
-        counters = self.counters
-        counters["accepted"] += 1
+        counters = self._counters
         p = self.params
         if w is None:
-            w = self.wans[s.wan] = WanScorer(wan=s.wan, stream=s.stream, last_t=t, threshold=p.steer)
+            w = self.wans[s.wan] = WanScorer(wan=s.wan, stream=s.stream, last_t=t, last_score=(0, p.steer, False))
         elif s.stream != w.stream:
             # A new clock: keep the time each deadline had left at the old stream's
             # last sample, and treat the change as a gap.
@@ -410,10 +413,9 @@ class Engine:
         states.append(state)
         drop_history.append(drops)
         queue_history.append(queue)
-        if len(states) > 3:
-            del states[0], drop_history[0]
-        if len(queue_history) > 2:
-            del queue_history[0]
+        if len(states) > _HISTORY_MAX:
+            # Section 5.4 looks at the last 3 entries at most; trim in batches.
+            del states[:-3], drop_history[:-3], queue_history[:-3]
 
         # Sections 5.4-5.6: score, timers, flap brake, hysteresis, fallback.
         wan_zone = s.wan_zone
@@ -432,18 +434,21 @@ class Engine:
         confidence, contributors = 0, _NO_CONTRIBUTORS
         try:
             confidence, contributors = confidence_score(
-                p, state, rtt_delta, w.states, w.drops, w.queues, wan_zone
+                p, state, rtt_delta, states, drop_history, queue_history, wan_zone
             )
-            if self.confidence_running:
+            # (GOOD, below the threshold and no run to clear is by far the most
+            # common case, and a no-op: skip the call.)
+            if self.confidence_running and (confidence >= threshold or cp.state != GOOD
+                                            or cp.degrade_start is not None):
                 sustained = cp.step(p, t, confidence, threshold, state, rtt_delta, drops, wan_zone)
                 if sustained is not None:
                     decisions = [self._decision(w, s, CONFIDENCE, self.driving_confidence, False, cp.state,
                                                 confidence, threshold, penalty, contributors, sustained)]
         except Exception:
-            self.counters["confidence_errors"] += 1
+            self._counters["confidence_errors"] += 1
             if self.driving_confidence:
                 # Phase 2A decides for the driving policy on this sample.
-                self.counters["fallbacks"] += 1
+                self._counters["fallbacks"] += 1
                 fb = w.fallback
                 if fb.due(p):
                     sustained = t - fb.first_t
@@ -461,7 +466,7 @@ class Engine:
                 # The driving policy's decision is emitted first.
                 decisions = decisions + [decision] if self.driving_confidence else [decision] + decisions
 
-        w.confidence, w.threshold, w.flap_penalty, w.contributors = confidence, threshold, penalty, contributors
+        w.last_score = (confidence, threshold, penalty)
         if decisions:
             # Numbered in emission order, driving first.
             for d in decisions:
@@ -469,7 +474,7 @@ class Engine:
                 self.next_seq += 1
                 if d.driving:
                     w.decision_seq = d.seq
-            self.counters["decisions"] += len(decisions)
+            self._counters["decisions"] += len(decisions)
         return decisions
 
     def _decision(
@@ -503,9 +508,10 @@ class Engine:
             def left(deadline):
                 return None if deadline is None or t >= deadline else deadline - t
 
+            confidence, threshold, penalty = w.last_score
             out.append(State(
                 wan=name, seq=seq, desired=self.desired(name), decision_seq=w.decision_seq,
-                confidence=w.confidence, threshold=w.threshold, flap_penalty=w.flap_penalty,
+                confidence=confidence, threshold=threshold, flap_penalty=penalty,
                 degrade_remaining_s=None if cp.degrade_start is None else left(cp.degrade_start + p.sustain),
                 hold_down_remaining_s=left(cp.hold_down_until) if cp.state == DEGRADED else None,
                 recovery_remaining_s=None if cp.recovery_start is None
@@ -524,7 +530,7 @@ class Engine:
         """
         return msgspec.msgpack.encode(
             Snapshot(next_seq=self.next_seq, wans=list(self.wans.values()),
-                     rejected=self.rejected, counters=self.counters)
+                     rejected=self.rejected, counters=self._counters)
         )
 
     @classmethod
@@ -533,5 +539,5 @@ class Engine:
         engine = cls(cfg, epoch=epoch, next_seq=snap.next_seq, source=source)
         engine.wans = {w.wan: w for w in snap.wans}
         engine.rejected = dict(snap.rejected)
-        engine.counters.update(snap.counters)
+        engine._counters.update({k: v for k, v in snap.counters.items() if k in engine._counters})
         return engine

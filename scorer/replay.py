@@ -74,14 +74,16 @@ class Replay:
         self.decisions: dict[str, int] = {}
 
     def run(self, lines: Iterable[bytes], out: BinaryIO, strict: bool, err=sys.stderr) -> int:
+        """Replay ``lines``; return the exit status (0, or 1 on an invalid line with ``strict``)."""
         engine = self.engine
         process = engine.process
+        decode = _decode_telemetry
+        decode_error = msgspec.MsgspecError
         encode = msgspec.json.Encoder().encode_into
         buf = bytearray()
         decisions = self.decisions
-        decode = _decode_telemetry
-        decode_error = msgspec.MsgspecError
-        number = 0
+        number = samples = 0
+        status = 0
         for number, line in enumerate(lines, 1):
             try:
                 try:
@@ -90,7 +92,7 @@ class Replay:
                     sample = parse_odd_line(line)
                     if sample is None:
                         continue
-                self.samples += 1
+                samples += 1
                 emitted = process(sample)
                 if not emitted and engine.last_rejection is not None:
                     cause = engine.last_rejection
@@ -99,9 +101,8 @@ class Replay:
                 self.invalid[bad.cause] = self.invalid.get(bad.cause, 0) + 1
                 print(f"line {number}: {bad.cause}: {bad}", file=err)
                 if strict:
-                    self.lines = number
-                    out.write(buf)
-                    return EXIT_INVALID_LINE
+                    status = EXIT_INVALID_LINE
+                    break
                 continue
             for decision in emitted:
                 encode(decision, buf, len(buf))
@@ -110,9 +111,9 @@ class Replay:
                 if len(buf) > 1 << 16:
                     out.write(buf)
                     buf.clear()
-        self.lines = number
+        self.lines, self.samples = number, samples
         out.write(buf)
-        return 0
+        return status
 
     def summary(self) -> str:
         c = self.engine.counters
