@@ -15,9 +15,22 @@ import zmq
 
 from proto import bus
 from proto.config import Config, ConfigError, router_password
-from proto.messages import State
+from proto.health import Health
+from proto.messages import Actuation, State
 
 log = logging.getLogger("wanctl.actuator")
+
+
+def report_actuation(health: Health, actuation: Actuation, dry_run: bool) -> None:
+    """A WAN whose rule cannot be driven makes the stage failing (in a dry run, where it cannot be read:
+    degraded) until a later actuation of that WAN succeeds."""
+    name = f"{actuation.wan}_rule"
+    if actuation.error is None:
+        health.clear(name)
+    elif dry_run:
+        health.degrade(name, actuation.error)
+    else:
+        health.fail(name, actuation.error)
 
 
 def run(cfg: Config, password: str | None, *, dry_run: bool, stage: str) -> int:
@@ -33,6 +46,10 @@ def run(cfg: Config, password: str | None, *, dry_run: bool, stage: str) -> int:
     actuator = Actuator(cfg, password, epoch=epoch, dry_run=dry_run)
     known_wans = {w.name for w in cfg.wans}
     counters = {"states_seen": 0, "states_unknown_wan": 0, "actuations_published": 0}
+    health = Health.for_stage(cfg, "actuator", name=stage)
+    health.expect("state")  # the scorer re-publishes every WAN's state at least once a second
+    actuator.link.observer = health.router_request
+    last: dict[str, Actuation] = {}
     try:
         while not stop.stopping:
             wait = min(actuator.next_due(), beats.due) - time.monotonic()
@@ -45,6 +62,7 @@ def run(cfg: Config, password: str | None, *, dry_run: bool, stage: str) -> int:
                     message = decoder.decode(frames)
                     if not isinstance(message, State):
                         continue
+                    health.saw("state")
                     if message.wan not in known_wans:
                         counters["states_unknown_wan"] += 1
                         continue
@@ -54,8 +72,19 @@ def run(cfg: Config, password: str | None, *, dry_run: bool, stage: str) -> int:
             for actuation in actuator.step(now):
                 bus.publish(pub, actuation)
                 counters["actuations_published"] += 1
-            beats.maybe_send(pub, now, {**actuator.counters, **counters, **decoder.counters})
+                health.sent("actuation")
+                report_actuation(health, actuation, dry_run)
+                last[actuation.wan] = actuation
+            if now >= beats.due:
+                health.sync_dropped(decoder.counters)
+                health.sync_reconnects("router", actuator.counters["reconnects"])
+                health.set_details({"dry_run": dry_run, "router": actuator.link.where, "rules": {
+                    wan: {"desired": a.desired, "observed": a.observed, "result": a.result, "error": a.error,
+                          "decision_seq": a.decision_seq} for wan, a in last.items()}})
+                beats.maybe_send(pub, now, {**health.flat_counters(), **actuator.counters, **counters,
+                                            **decoder.counters}, health.status)
     finally:
+        health.stop()
         actuator.close()
         sub.close(cfg.bus.linger_ms)
         pub.close(cfg.bus.linger_ms)

@@ -15,6 +15,7 @@ import re
 import socket
 import ssl
 import time
+from collections.abc import Callable
 
 import librouteros
 from librouteros.exceptions import LibRouterosError, MultiTrapError, TrapError
@@ -113,6 +114,12 @@ class RouterLink:
         self.last_error: str | None = None
         self.counters = {"connects": 0, "connect_failures": 0, "login_failures": 0, "disconnects": 0,
                          "timeouts": 0, "traps": 0}
+        # Told about every command and login: (operation, seconds, error kind or None).
+        self.observer: Callable[[str, float, str | None], None] | None = None
+
+    def _observe(self, operation: str, started: float, error: str | None) -> None:
+        if self.observer is not None:
+            self.observer(operation, time.monotonic() - started, error)
 
     def _tls_wrapper(self, cfg: Config):
         r = cfg.router
@@ -141,16 +148,20 @@ class RouterLink:
         if self._password is None:
             self._fail(now, f"no router password: {self._password_error}")
             return False
+        started = time.monotonic()
         try:
             api = librouteros.connect(self.host, self.username, self._password, port=self.port,
                                       timeout=self.connect_timeout, ssl_wrapper=self._ssl_wrapper)
         except TrapError as error:
             self.counters["login_failures"] += 1
+            self._observe("login", started, "refused")
             self._fail(now, f"login as {self.username!r} refused by {self.where}: {error}")
             return False
         except (OSError, LibRouterosError, ValueError) as error:
+            self._observe("login", started, "unreachable")
             self._fail(now, f"cannot connect to {self.where}: {_describe(error)}")
             return False
+        self._observe("login", started, None)
         sock = api.protocol.transport.sock
         sock.settimeout(self.timeout)
         self.api = api
@@ -194,19 +205,24 @@ class RouterLink:
         if api is None:
             raise RouterUnreachable(self.last_error or f"not connected to {self.where}")
         sock = api.protocol.transport.sock
+        started = time.monotonic()
         try:
             if timeout is not None:
                 sock.settimeout(timeout)
             rows = list(api.rawCmd(command, *words))
             if timeout is not None:
                 sock.settimeout(self.timeout)
+            self._observe(command, started, None)
             return rows
         except (TrapError, MultiTrapError) as error:
             self.counters["traps"] += 1
+            self._observe(command, started, "trap")
             raise RouterTrap(str(error)) from None
         except Exception as error:  # timeout, reset, !fatal, garbage: the connection is unusable now
-            if isinstance(error, (socket.timeout, TimeoutError)):
+            timed_out = isinstance(error, (socket.timeout, TimeoutError))
+            if timed_out:
                 self.counters["timeouts"] += 1
+            self._observe(command, started, "timeout" if timed_out else "unreachable")
             reason = f"{command}: {_describe(error)}"
             self.discard(reason)
             raise RouterUnreachable(reason) from None

@@ -19,12 +19,30 @@ from logger.writer import DecisionLog
 from proto import bus
 from proto.config import Config, resolve_path
 from proto.decisionlog import DecisionFile, ReplayReply, ReplayRequest
+from proto.health import Health
 from proto.messages import Decision, Heartbeat, from_json
 
 log = logging.getLogger("wanctl.logger")
 
 REPLY_TIMEOUT_S = 2.0
 BACKSTOP_S = 5.0
+BEHIND_DEGRADED_S = 10.0  # behind the scorer's journal for longer than this: degraded
+
+
+def report_progress(health: Health, file: DecisionFile, decisions: DecisionLog, scorer_seq: int,
+                    behind_since: float | None, now: float) -> float | None:
+    """The file's progress into health: degraded while it stays behind the scorer's journal."""
+    health.set_details({"path": str(file.path), "last_seq": decisions.last_seq, "scorer_last_seq": scorer_seq,
+                        "held": len(decisions.held), "written": decisions.counters["written"]})
+    if scorer_seq <= decisions.last_seq:
+        health.clear("behind")
+        return None
+    if behind_since is None:
+        return now
+    if now - behind_since > BEHIND_DEGRADED_S:
+        health.degrade("behind", f"{file.path} holds decisions up to seq {decisions.last_seq} but the scorer "
+                                 f"journaled {scorer_seq}, for {now - behind_since:.0f} s")
+    return behind_since
 
 
 def run(cfg: Config) -> int:
@@ -51,6 +69,10 @@ def run(cfg: Config) -> int:
         sock = bus.client_socket(ctx, zmq.DEALER, cfg, cfg.bus.journal, hwm=10)
         return sock
 
+    health = Health.for_stage(cfg, "logger")
+    health.expect("heartbeat")  # the scorer's, once a second: its absence means the scorer (or the bus) is down
+    scorer_seq = 0  # the last decision the scorer's heartbeat says it journaled
+    behind_since: float | None = None
     dealer = new_dealer()
     poller = zmq.Poller()
     poller.register(sub, zmq.POLLIN)
@@ -68,6 +90,8 @@ def run(cfg: Config) -> int:
                     pass
             if asked_at is not None and now - asked_at > REPLY_TIMEOUT_S:
                 counters["replay_timeouts"] += 1
+                health.degrade("journal", f"no reply from the scorer's journal socket {cfg.bus.journal} within "
+                                          f"{REPLY_TIMEOUT_S:g} s; asking again")
                 poller.unregister(dealer)
                 dealer.close(0)
                 dealer = new_dealer()
@@ -83,10 +107,13 @@ def run(cfg: Config) -> int:
                         break
                     message = decoder.decode(frames)
                     if isinstance(message, Decision):
+                        health.saw("decision")
                         if decisions.offer_decision(message):
                             replay_needed = True
                     elif isinstance(message, Heartbeat) and message.stage == "scorer":
-                        if message.counters.get("last_decision_seq", 0) > decisions.last_seq:
+                        health.saw("heartbeat")
+                        scorer_seq = message.counters.get("last_decision_seq", 0)
+                        if scorer_seq > decisions.last_seq:
                             replay_needed = True
             if dealer in events:
                 try:
@@ -98,6 +125,7 @@ def run(cfg: Config) -> int:
                     reply = None
                 if reply is not None:
                     asked_at = None
+                    health.clear("journal")
                     for line in reply.lines:
                         try:
                             decision = from_json(line)
@@ -114,9 +142,13 @@ def run(cfg: Config) -> int:
                 replay_needed = True
                 backstop_due = now + BACKSTOP_S
             file.maybe_sync()
-            beats.maybe_send(pub, now, {**decisions.counters, **counters, **decoder.counters,
-                                        "last_seq": decisions.last_seq})
+            if now >= beats.due:
+                behind_since = report_progress(health, file, decisions, scorer_seq, behind_since, now)
+                health.sync_dropped(decoder.counters)
+                beats.maybe_send(pub, now, {**health.flat_counters(), **decisions.counters, **counters,
+                                            **decoder.counters, "last_seq": decisions.last_seq}, health.status)
     finally:
+        health.stop()
         file.close()
         for sock in (sub, pub, dealer):
             sock.close(cfg.bus.linger_ms)

@@ -26,6 +26,7 @@ import msgspec
 import zmq
 
 from proto.config import Config, ConfigError, load_config, resolve_path
+from proto.health import Health
 from proto.messages import KINDS, SCHEMA_VERSION, Heartbeat, Message, from_msgpack, to_msgpack, topic
 
 log = logging.getLogger("wanctl.bus")
@@ -34,6 +35,7 @@ WELCOME = b"bus.welcome"
 SERVER_KEY = "server"
 CLIENT_KEY = "client"
 AUTHORIZED_DIR = "authorized"
+_KIND_LABELS = {kind.encode(): kind for kind in KINDS}  # topic kinds the proxy counts by name
 
 
 # --- endpoints ----------------------------------------------------------------
@@ -384,11 +386,13 @@ def run_proxy(cfg: Config) -> int:
     epoch = new_epoch()
     beats = Heartbeats("bus", epoch, cfg.bus.heartbeat_s)
     counters = {"forwarded": 0, "subscription_events": 0}
+    health = Health.for_stage(cfg, "bus")
+    by_kind: dict[bytes, list[int]] = {}  # topic kind -> [received, forwarded], flushed per burst
     poller = zmq.Poller()
     poller.register(xsub, zmq.POLLIN)
     poller.register(xpub, zmq.POLLIN)
-    log.info("bus up: publishers -> %s, subscribers -> %s, curve=%s",
-             endpoint(cfg, cfg.bus.publish), addr, bool(auth))
+    log.info("bus up: publishers -> %s, subscribers -> %s, curve=%s, health %s",
+             endpoint(cfg, cfg.bus.publish), addr, bool(auth), health.url or "off")
     try:
         while not stop.stopping:
             events = dict(poller.poll(100))
@@ -398,11 +402,22 @@ def run_proxy(cfg: Config) -> int:
                         frames = xsub.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
+                    kind = frames[0].bytes.split(b".", 1)[0]
+                    tally = by_kind.get(kind)
+                    if tally is None:
+                        tally = by_kind.setdefault(kind if kind in _KIND_LABELS else b"other", [0, 0])
+                    tally[0] += 1
                     try:
                         xpub.send_multipart(frames, zmq.NOBLOCK, copy=False)
+                        tally[1] += 1
                     except zmq.Again:
-                        pass
+                        health.dropped_frame("subscriber_hwm")
                     counters["forwarded"] += 1
+                for kind, tally in by_kind.items():
+                    if tally[0]:
+                        health.saw(_KIND_LABELS.get(kind, "other"), tally[0])
+                        health.sent(_KIND_LABELS.get(kind, "other"), tally[1])
+                        tally[0] = tally[1] = 0
             if xpub in events:
                 while True:
                     try:
@@ -415,13 +430,15 @@ def run_proxy(cfg: Config) -> int:
             if now >= beats.due:
                 beats.seq += 1
                 beats.due = now + beats.interval_s
-                hb = Heartbeat(stage="bus", seq=beats.seq, uptime_s=round(now - beats.started, 3),
-                               counters=dict(counters), source="bus", epoch=epoch)
+                hb = Heartbeat(stage="bus", seq=beats.seq, status=health.status,
+                               uptime_s=round(now - beats.started, 3),
+                               counters={**health.flat_counters(), **counters}, source="bus", epoch=epoch)
                 try:
                     xpub.send_multipart([topic(hb), to_msgpack(hb)], zmq.NOBLOCK)
                 except zmq.Again:
                     pass
     finally:
+        health.stop()
         xsub.close(0)
         xpub.close(0)
         if auth is not None:

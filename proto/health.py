@@ -14,7 +14,7 @@ snapshot.  A daemon thread serves:
 
 In a stage's ``run(cfg)`` (the scorer as the example)::
 
-    health = Health.from_config(cfg, "scorer").start()   # before the loop; port 0 in config: off
+    health = Health.for_stage(cfg, "scorer")              # from_config().start(); a taken port is logged
     health.expect("telemetry")                            # stale after health.stale_after_s: degraded
     ...
     message = decoder.decode(frames)
@@ -34,6 +34,7 @@ appear only as display fields.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import socket
 import threading
@@ -46,11 +47,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from proto.config import Config, is_loopback_host
 from proto.messages import DEGRADED as STEERING, ENABLE, Decision, State
 
+log = logging.getLogger("wanctl.health")
+
 OK = "ok"
 DEGRADED = "degraded"
 FAILING = "failing"
 _SEVERITY = {OK: 0, DEGRADED: 1, FAILING: 2}
 STAGES = ("bus", "collector", "scorer", "actuator", "logger")
+DROP_REASONS = ("malformed", "unknown_kind", "bad_version")  # what a FrameDecoder drops
 
 
 class StageMetrics:
@@ -168,6 +172,7 @@ class Health:
         self._wans: dict[str, dict[str, Any]] = {}
         self._fallbacks: dict[str, int] = {}
         self._rejected_synced: dict[str, int] = {}
+        self._synced: dict[tuple[str, str], int] = {}
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         Gauge("wanctl_up_seconds", "Seconds since the stage started", registry=self.registry).set_function(
@@ -183,12 +188,31 @@ class Health:
         ).set_function(self._last_age)
 
     @classmethod
-    def from_config(cls, cfg: Config, stage: str) -> Health:
-        """The stage's endpoint as configured in ``health:``; a port of 0 serves nothing."""
+    def from_config(cls, cfg: Config, stage: str, name: str | None = None) -> Health:
+        """The stage's endpoint as configured in ``health:``; a port of 0 serves nothing.
+
+        ``name`` is what the health document calls the stage when it differs
+        from its config entry (``actuator-noop`` serves on the actuator's port).
+        """
         if stage not in STAGES:
             raise ValueError(f"health: unknown stage {stage!r}, expected one of {', '.join(STAGES)}")
         port = getattr(cfg.health, stage)
-        return cls(stage, cfg.health.host, port or None, cfg.health.stale_after_s)
+        return cls(name or stage, cfg.health.host, port or None, cfg.health.stale_after_s)
+
+    @classmethod
+    def for_stage(cls, cfg: Config, stage: str, name: str | None = None) -> Health:
+        """``from_config(...).start()`` for a stage process: a port it cannot bind is logged, not fatal.
+
+        Steering must not stop because a monitoring port is taken; the stage
+        keeps its bookkeeping and ``wanctl-status`` shows it as unreachable.
+        """
+        health = cls.from_config(cfg, stage, name)
+        try:
+            return health.start()
+        except OSError as error:
+            log.error("%s (health.%s in the config); running without a health endpoint", error.strerror, stage)
+            health.port = None
+            return health
 
     # --- serving -------------------------------------------------------------
 
@@ -294,6 +318,33 @@ class Health:
             drops[reason] = drops.get(reason, 0) + 1
         self.metrics.dropped_frames.labels(reason=reason).inc()
 
+    def router_request(self, operation: str, seconds: float, error: str | None = None) -> None:
+        """One RouterOS API command (or login) took ``seconds``; ``error`` names how it failed, if it did."""
+        self.metrics.router_rtt.labels(operation=operation).observe(seconds)
+        if error is not None:
+            self.router_error(operation)
+
+    def sync_reconnects(self, peer: str, total: int) -> None:
+        """Bring the reconnect counter for ``peer`` up to a running ``total`` (e.g. a router link's)."""
+        delta = total - self._synced.get(("reconnects", peer), 0)
+        if delta > 0:
+            with self._lock:
+                self._counters["reconnects"] += delta
+            self.metrics.reconnects.labels(peer=peer).inc(delta)
+            self._synced[("reconnects", peer)] = total
+
+    def sync_dropped(self, totals: dict[str, int], reasons: tuple[str, ...] = DROP_REASONS) -> None:
+        """Bring the dropped-frame counters up to running ``totals`` (a ``FrameDecoder``'s), for ``reasons``."""
+        for reason in reasons:
+            total = totals.get(reason, 0)
+            delta = total - self._synced.get(("dropped", reason), 0)
+            if delta > 0:
+                with self._lock:
+                    drops = self._counters["dropped_frames"]
+                    drops[reason] = drops.get(reason, 0) + delta
+                self.metrics.dropped_frames.labels(reason=reason).inc(delta)
+                self._synced[("dropped", reason)] = total
+
     def count(self, name: str, n: int = 1) -> None:
         """A stage-specific counter shown in the health JSON (e.g. ``decisions_written``)."""
         with self._lock:
@@ -339,6 +390,11 @@ class Health:
             self._rejected_synced[cause] = max(total, self._rejected_synced.get(cause, 0))
 
     # --- reading -------------------------------------------------------------
+
+    @property
+    def status(self) -> str:
+        """``ok``, ``degraded`` or ``failing``, as ``/health`` would say now (for the heartbeat)."""
+        return self.snapshot()["status"]
 
     def snapshot(self) -> dict[str, Any]:
         """The health document served at ``/health``."""

@@ -74,9 +74,10 @@ def format_table(report: dict[str, Any]) -> str:
             continue
         last = doc.get("last_message") or {}
         reasons = "; ".join(f"{k}: {v}" for k, v in (doc.get("reasons") or {}).items()) or "-"
+        served_by = doc.get("stage", stage)  # actuator-noop answers on the actuator's port
         rows.append(
             (
-                stage,
+                stage if served_by == stage else f"{stage} ({served_by})",
                 doc["status"],
                 _seconds(doc.get("uptime_s")),
                 last.get("kind") or "-",

@@ -16,6 +16,10 @@ So the journal is always a prefix-complete record of every decision the
 engine state reflects, and the next seq is ``max(snapshot, journal + 1)``.
 Between decisions the snapshot is rewritten every ``persist_interval_s`` so
 running timers resume close to where they were.
+
+Replays for the logger come from the journal's last ``JOURNAL_WINDOW`` lines
+in memory, or from the journal file for anything older, so the scorer's
+memory does not grow with the journal over months of running.
 """
 
 from __future__ import annotations
@@ -27,13 +31,16 @@ import zmq
 
 from proto import bus
 from proto.config import Config, resolve_path
-from proto.decisionlog import REPLAY_LIMIT, DecisionFile, ReplayReply, ReplayRequest, write_atomic
-from proto.messages import Decision, State, Telemetry, from_json, to_json
-from scorer.engine import Engine
+from proto.decisionlog import REPLAY_LIMIT, DecisionJournal, ReplayReply, ReplayRequest, write_atomic
+from proto.health import Health
+from proto.messages import ENABLE, Decision, State, Telemetry, from_json, to_json
+from scorer.engine import CONFIDENCE, Engine
 
 log = logging.getLogger("wanctl.scorer")
 
 RECENT = 32  # decisions kept in the snapshot for journal repair
+JOURNAL_WINDOW = 2 * REPLAY_LIMIT  # journal lines kept in memory for replays; older ones are read from the file
+FALLBACK_DEGRADED_S = 60.0  # health stays degraded this long after the confidence policy fails on a sample
 
 
 class PersistedState(msgspec.Struct):
@@ -51,7 +58,7 @@ class ScorerCore:
         self.cfg = cfg
         self.epoch = epoch
         self.state_path = resolve_path(cfg, s.state_path)
-        self.journal = DecisionFile(resolve_path(cfg, s.journal_path), fsync="always", keep_entries=True)
+        self.journal = DecisionJournal(resolve_path(cfg, s.journal_path), fsync="always", window=JOURNAL_WINDOW)
         self.counters = {"journal_repaired": 0, "state_file_errors": 0, "replays_served": 0}
         self.engine, recent = self._load_state()
         for line in recent:  # kill between the snapshot and the journal append
@@ -86,7 +93,7 @@ class ScorerCore:
             return Engine(self.cfg.scorer, epoch=self.epoch), []
 
     def persist(self) -> None:
-        recent = [line for _, line in self.journal.entries[-RECENT:]]
+        recent = self.journal.recent_lines(RECENT)
         write_atomic(self.state_path, msgspec.msgpack.encode(
             PersistedState(engine=self.engine.export(), recent=recent)))
         self.dirty = False
@@ -98,7 +105,7 @@ class ScorerCore:
             self.dirty = True
         if decisions:
             lines = [to_json(d) for d in decisions]
-            recent = [line for _, line in self.journal.entries[-RECENT:]] + lines
+            recent = self.journal.recent_lines(RECENT) + lines
             write_atomic(self.state_path, msgspec.msgpack.encode(
                 PersistedState(engine=self.engine.export(), recent=recent[-RECENT:])))
             self.dirty = False
@@ -108,23 +115,15 @@ class ScorerCore:
     def replay(self, request: ReplayRequest) -> ReplayReply:
         """Journal lines after a seq (the logger's catch-up)."""
         self.counters["replays_served"] += 1
-        entries = self.journal.entries
-        # entries are in seq order; find the first with seq > after.
-        lo, hi = 0, len(entries)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if entries[mid][0] <= request.after:
-                lo = mid + 1
-            else:
-                hi = mid
         limit = max(1, min(request.limit, REPLAY_LIMIT))
-        return ReplayReply(last_seq=self.journal.last_seq, lines=[line for _, line in entries[lo:lo + limit]])
+        return ReplayReply(last_seq=self.journal.last_seq, lines=self.journal.lines_after(request.after, limit))
 
     def all_counters(self) -> dict[str, int]:
         out = dict(self.engine.counters)
         out.update({f"rejected_{k}": v for k, v in self.engine.rejected.items()})
         out.update(self.counters)
         out["last_decision_seq"] = self.journal.last_seq
+        out["journal_reads_from_file"] = self.journal.reads_from_file
         out["next_seq"] = self.engine.next_seq
         return out
 
@@ -133,6 +132,78 @@ class ScorerCore:
             self.persist()
         finally:
             self.journal.close()
+
+
+class EngineMetrics:
+    """The engine's facts as the scorer's health document and Prometheus metrics.
+
+    The engine keeps running totals (rejected samples by cause, timer resets,
+    hold-down expiries, flap-brake activations) and persists them; the
+    counters here are brought up to those totals by their increase since the
+    last ``sync``, so their series carry on across a scorer restart.  Degrade
+    and recovery expiries come from the confidence policy's own decisions, and
+    a flap penalty's expiry from the WAN's state, as this process sees them.
+    """
+
+    def __init__(self, health: Health, cfg: Config) -> None:
+        self.health = health
+        self.cfg = cfg
+        self._totals: dict[tuple[str, str], int] = {}
+        self._penalty_active: dict[str, bool] = {}
+        self._confidence_errors: int | None = None
+        self._confidence_error_at: float | None = None
+
+    def decided(self, decision: Decision) -> None:
+        self.health.observe_decision(decision)
+        if decision.policy == CONFIDENCE and not decision.fallback:
+            timer = "degrade" if decision.decision == ENABLE else "recovery"
+            self.health.metrics.timer_expiries.labels(wan=decision.wan, timer=timer).inc()
+
+    def _bring_up(self, wan: str, name: str, total: int, counter) -> int:
+        """Increase ``counter`` to ``total``; returns by how much the total grew since the last sync."""
+        grew = total - self._totals.get((wan, name), 0)
+        if grew > 0:
+            counter.inc(grew)
+        self._totals[(wan, name)] = total
+        return max(grew, 0)
+
+    def sync(self, core: ScorerCore, states: list[State], now: float) -> None:
+        health, m, engine = self.health, self.health.metrics, core.engine
+        health.sync_rejected(engine.rejected)
+        active_now = {state.wan: state.flap_penalty_remaining_s is not None for state in states}
+        for state in states:
+            health.observe_state(state)
+        for wan, w in engine.wans.items():
+            cp = w.confidence_policy
+            self._bring_up(wan, "degrade_resets", cp.degrade_resets, m.timer_resets.labels(wan=wan, timer="degrade"))
+            self._bring_up(wan, "recovery_resets", cp.recovery_resets,
+                           m.timer_resets.labels(wan=wan, timer="recovery"))
+            self._bring_up(wan, "hold_down_expiries", cp.hold_down_expiries,
+                           m.timer_expiries.labels(wan=wan, timer="hold_down"))
+            started = self._bring_up(wan, "penalties", cp.penalties, m.flap_brake_activations.labels(wan=wan))
+            active = active_now.get(wan, False)
+            if wan in self._penalty_active:
+                # A penalty only starts while none is active, so every one that was
+                # running or started since the last sync and is not running now has expired.
+                expired = self._penalty_active[wan] + started - active
+                if expired > 0:
+                    m.timer_expiries.labels(wan=wan, timer="flap_penalty").inc(expired)
+            self._penalty_active[wan] = active
+        errors = engine.counters["confidence_errors"]
+        if self._confidence_errors is not None and errors > self._confidence_errors:
+            self._confidence_error_at = now
+        self._confidence_errors = errors
+        if self._confidence_error_at is not None:
+            if now - self._confidence_error_at <= FALLBACK_DEGRADED_S:
+                health.degrade("confidence_policy", (
+                    f"the confidence policy failed on a sample {now - self._confidence_error_at:.0f} s ago "
+                    f"({errors} in total); Phase 2A hysteresis decides for it (see the scorer log)"))
+            else:
+                health.clear("confidence_policy")
+                self._confidence_error_at = None
+        s = self.cfg.scorer
+        health.set_details({"policy": s.policy, "shadow": s.shadow, "last_decision_seq": core.journal.last_seq,
+                            "next_seq": engine.next_seq, "accepted": engine.counters["accepted"]})
 
 
 def _state_key(state: State) -> tuple:
@@ -157,19 +228,26 @@ def run(cfg: Config) -> int:
     states_due = now
     persist_due = now + s.persist_interval_s
     counters = {"decisions_published": 0, "states_published": 0, "bad_replay_requests": 0}
+    health = Health.for_stage(cfg, "scorer")
+    health.expect("telemetry")
+    metrics = EngineMetrics(health, cfg)
+    metrics.sync(core, core.engine.states(), now)
     poller = zmq.Poller()
     poller.register(sub, zmq.POLLIN)
     poller.register(journal_sock, zmq.POLLIN)
 
     def publish_states(force: bool) -> None:
         nonlocal state_seq
-        for state in core.engine.states():
+        states = core.engine.states()
+        for state in states:
             key = _state_key(state)
             if force or published.get(state.wan) != key:
                 state_seq += 1
                 bus.publish(pub, msgspec.structs.replace(state, seq=state_seq, epoch=epoch))
                 published[state.wan] = key
                 counters["states_published"] += 1
+                health.sent("state")
+        metrics.sync(core, states, time.monotonic())
 
     try:
         while not stop.stopping:
@@ -177,6 +255,7 @@ def run(cfg: Config) -> int:
             timeout = min(states_due, persist_due, beats.due) - now
             events = dict(poller.poll(max(0, min(100, int(timeout * 1000) + 1))))
             if sub in events:
+                received = 0
                 for _ in range(1000):
                     try:
                         frames = sub.recv_multipart(zmq.NOBLOCK)
@@ -185,12 +264,17 @@ def run(cfg: Config) -> int:
                     message = decoder.decode(frames)
                     if not isinstance(message, Telemetry):
                         continue
+                    received += 1
                     decisions = core.on_telemetry(message)
                     for decision in decisions:
                         bus.publish(pub, decision)
                         counters["decisions_published"] += 1
+                        metrics.decided(decision)
+                        health.sent("decision")
                     if decisions:
                         publish_states(force=False)
+                if received:
+                    health.saw("telemetry", received)
             if journal_sock in events:
                 while True:
                     try:
@@ -215,8 +299,12 @@ def run(cfg: Config) -> int:
                 if core.dirty:
                     core.persist()
                 persist_due = now + s.persist_interval_s
-            beats.maybe_send(pub, now, {**core.all_counters(), **counters, **decoder.counters})
+            if now >= beats.due:
+                health.sync_dropped(decoder.counters)
+                beats.maybe_send(pub, now, {**health.flat_counters(), **core.all_counters(), **counters,
+                                            **decoder.counters}, health.status)
     finally:
+        health.stop()
         core.close()
         for sock in (sub, pub, journal_sock):
             sock.close(cfg.bus.linger_ms)

@@ -22,6 +22,7 @@ import zmq
 
 from proto import bus
 from proto.config import Config, parse_config
+from proto.health import STAGES
 from proto.messages import Message, from_json
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,6 +45,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def health_ports() -> dict[str, int]:
+    """A free loopback port for every stage's health endpoint (never the fixed defaults 9461-9465)."""
+    ports: dict[str, int] = {}
+    while len(ports) < len(STAGES):
+        port = free_port()
+        if port not in ports.values():
+            ports[STAGES[len(ports)]] = port
+    return ports
 
 
 def short_tmp(prefix: str = "wc") -> Path:
@@ -76,6 +87,7 @@ def write_config(directory: Path, raw: dict, name: str = "wanctl.yaml") -> Path:
                      "journal_path": str(directory / "scorer-journal.jsonl"), **raw["scorer"]}
     raw.setdefault("logger", {})
     raw["logger"] = {"path": str(directory / "decisions.jsonl"), **raw["logger"]}
+    raw["health"] = {**health_ports(), **raw.get("health", {})}
     path = directory / name
     path.write_text(yaml.safe_dump(raw))
     return path

@@ -1,0 +1,205 @@
+"""Health endpoints, wanctl-status and /metrics of the live pipeline under the repo's supervisord.conf.
+
+One pipeline serves every test in this module (a module fixture); the tests
+run in file order and each waits for the condition it checks, with a
+deadline.  Every stage gets a free loopback health port from the harness.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.error
+import urllib.request
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from proto.health import STAGES as HEALTH_STAGES
+from tests.supervisor_harness import BIN, Supervisor, free_port, short_tmp, wait_for
+from tests.test_pipeline import SCENARIO, STAGES, driving, pipeline_config
+
+STALE_AFTER_S = 2.0
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, error.read()
+
+
+class Endpoints:
+    def __init__(self, sup: Supervisor) -> None:
+        self.sup = sup
+        host = sup.cfg.health.host
+        self.base = {stage: f"http://{host}:{getattr(sup.cfg.health, stage)}" for stage in HEALTH_STAGES}
+
+    def health(self, stage: str) -> tuple[int, dict] | None:
+        try:
+            code, body = get(f"{self.base[stage]}/health")
+        except OSError:
+            return None  # not listening (yet)
+        return code, json.loads(body)
+
+    def metrics(self, stage: str) -> dict[tuple[str, tuple], float]:
+        code, body = get(f"{self.base[stage]}/metrics")
+        assert code == 200, body[:200]
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(body.decode()) for s in family.samples}
+
+    def all_ok(self) -> dict[str, dict] | None:
+        docs = {}
+        for stage in HEALTH_STAGES:
+            answer = self.health(stage)
+            if answer is None or answer[0] != 200 or answer[1]["status"] != "ok":
+                return None
+            docs[stage] = answer[1]
+        return docs
+
+    def describe(self) -> str:
+        return json.dumps({stage: self.health(stage) for stage in HEALTH_STAGES}, indent=1)[:4000]
+
+
+def status(sup: Supervisor, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "wanctl-status"), "--config", str(sup.config_path), *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    directory = short_tmp()
+    port = free_port()
+    scenario = directory / "scenario.yaml"
+    scenario.write_text(yaml.safe_dump(SCENARIO))
+    config = {**pipeline_config(port), "health": {"stale_after_s": STALE_AFTER_S}}
+    sup = Supervisor(directory, config, sim_args=f"--port {port} --scenario {scenario}")
+    try:
+        sup.start()
+        sup.wait_running(STAGES)
+        yield sup, Endpoints(sup)
+        assert "FATAL" not in sup.ctl("status"), sup.logs()
+    finally:
+        sup.cleanup()
+
+
+def test_the_harness_never_uses_the_default_ports(pipeline):
+    sup, _ = pipeline
+    ports = [getattr(sup.cfg.health, stage) for stage in HEALTH_STAGES]
+    assert len(set(ports)) == len(ports) and not set(ports) & set(range(9461, 9466)), ports
+
+
+def test_every_stage_answers_ok_once_the_pipeline_runs(pipeline):
+    sup, endpoints = pipeline
+    docs = wait_for(endpoints.all_ok, 30, "every stage's /health to say ok", interval=0.2)
+    for stage, doc in docs.items():
+        assert doc["stage"] == stage and doc["reasons"] == {} and doc["uptime_s"] > 0, doc
+        assert {"rejected_samples", "reconnects", "router_errors", "dropped_frames"} <= set(doc["counters"]), doc
+    # Each stage has seen what it lives on, recently.
+    assert docs["scorer"]["last_message"]["kind"] == "telemetry"
+    assert docs["actuator"]["last_message"]["kind"] == "state"
+    assert docs["collector"]["details"]["connected"] is True
+    assert docs["bus"]["last_message"]["age_s"] < 10
+
+
+def test_wanctl_status_lists_every_stage_and_exits_0(pipeline):
+    sup, endpoints = pipeline
+    result = wait_for(lambda: (r := status(sup, "--json")).returncode == 0 and r, 30,
+                      f"wanctl-status --json to exit 0\n{endpoints.describe()}", interval=0.5)
+    report = json.loads(result.stdout)
+    assert report["ok"] is True and set(report["stages"]) == set(HEALTH_STAGES)
+    assert all(doc["status"] == "ok" for doc in report["stages"].values())
+    table = status(sup)
+    assert table.returncode in (0, 1)  # a stage may blink between the two calls; the table is what matters
+    for stage in HEALTH_STAGES:
+        assert any(line.split()[:1] == [stage] for line in table.stdout.splitlines()), table.stdout
+    assert "scorer/wan1: " in table.stdout and "confidence" in table.stdout
+
+
+def test_metrics_are_scraped_and_parsed_after_a_decision(pipeline):
+    sup, endpoints = pipeline
+    decisions = sup.dir / "var" / "decisions.jsonl"
+    wait_for(lambda: driving(decisions), 40, f"a driving decision in {decisions}\n{sup.logs()}", interval=0.2)
+    first = driving(decisions)[0]
+    direction = "enable" if first.decision == "ENABLE_STEERING" else "disable"
+
+    def scorer_counted_it():
+        m = endpoints.metrics("scorer")
+        key = ("wanctl_decisions_total", (("direction", direction), ("driving", "true"),
+                                          ("policy", first.policy), ("wan", "wan1")))
+        return m.get(key, 0) >= 1 and m
+
+    m = wait_for(scorer_counted_it, 10, "the scorer's decision counter", interval=0.2)
+    assert 0 <= m[("wanctl_confidence_score", (("wan", "wan1"),))] <= 100
+    assert m[("wanctl_effective_threshold", (("wan", "wan1"),))] >= 55
+    assert m[("wanctl_bus_messages_total", (("direction", "received"), ("kind", "telemetry")))] > 0
+    assert m[("wanctl_health_status", ())] in (0, 1)
+    assert ("wanctl_steering_state", (("driving", "true"), ("policy", first.policy), ("wan", "wan1"))) in m
+    assert ("wanctl_timer_resets_total", (("timer", "degrade"), ("wan", "wan1"))) in m
+    assert ("wanctl_flap_brake_activations_total", (("wan", "wan1"),)) in m
+
+    collector = endpoints.metrics("collector")
+    assert collector[("wanctl_router_request_seconds_count", (("operation", "/ping"),))] > 0
+    assert collector[("wanctl_bus_messages_total", (("direction", "sent"), ("kind", "telemetry")))] > 0
+    assert ("wanctl_wan_rtt_ms", (("wan", "wan1"),)) in collector
+    bus = endpoints.metrics("bus")
+    assert bus[("wanctl_bus_messages_total", (("direction", "received"), ("kind", "telemetry")))] > 0
+    assert bus[("wanctl_bus_messages_total", (("direction", "sent"), ("kind", "decision")))] > 0
+    actuator = endpoints.metrics("actuator")
+    assert actuator[("wanctl_router_request_seconds_count", (("operation", "/ip/firewall/mangle/print"),))] > 0
+
+    # The scorer's health carries the WAN's timers, penalty, policy and fallbacks.
+    wan = endpoints.health("scorer")[1]["details"]["wans"]["wan1"]
+    assert wan["policy"] == "confidence" and wan["state"] in ("GOOD", "DEGRADED") and wan["threshold"] >= 55
+    assert {"degrade_remaining_s", "hold_down_remaining_s", "recovery_remaining_s", "flap_penalty",
+            "flap_penalty_remaining_s", "fallbacks", "confidence"} <= set(wan)
+
+
+def test_stopping_the_collector_degrades_the_scorer_until_it_is_back(pipeline):
+    sup, endpoints = pipeline
+    wait_for(lambda: (a := endpoints.health("scorer")) is not None and a[0] == 200, 20, "the scorer to be ok")
+    out = sup.ctl("stop", "wanctl:collector")
+    try:
+        assert "stopped" in out, out
+
+        def scorer_stale():
+            answer = endpoints.health("scorer")
+            return answer is not None and answer[0] == 503 and answer[1]
+
+        doc = wait_for(scorer_stale, 10 * STALE_AFTER_S, f"the scorer to turn degraded\n{endpoints.describe()}",
+                       interval=0.2)
+        assert doc["status"] == "degraded"
+        assert doc["reasons"]["stale_telemetry"].startswith("no telemetry for "), doc["reasons"]
+        assert f"(limit {STALE_AFTER_S:g} s)" in doc["reasons"]["stale_telemetry"]
+        down = status(sup, "--json")
+        assert down.returncode == 1
+        report = json.loads(down.stdout)
+        assert report["stages"]["collector"]["status"] == "unreachable"
+        assert report["stages"]["scorer"]["status"] == "degraded"
+    finally:
+        out = sup.ctl("start", "wanctl:collector")
+    assert "started" in out, out
+    doc = wait_for(lambda: (a := endpoints.health("scorer")) is not None and a[0] == 200 and a[1], 30,
+                   f"the scorer to be ok again\n{endpoints.describe()}", interval=0.2)
+    assert doc["status"] == "ok" and "stale_telemetry" not in doc["reasons"]
+    wait_for(lambda: status(sup).returncode == 0, 30, "wanctl-status to exit 0 again", interval=0.5)
+
+
+def test_the_no_op_actuator_answers_on_the_actuator_port(pipeline):
+    sup, endpoints = pipeline
+    assert "stopped" in sup.ctl("stop", "wanctl:actuator")
+    try:
+        assert "started" in sup.ctl("start", "wanctl:actuator-noop")
+        doc = wait_for(lambda: (a := endpoints.health("actuator")) is not None and a[1]["stage"] == "actuator-noop"
+                       and a[0] == 200 and a[1]["details"].get("rules") and a[1], 30,
+                       f"actuator-noop's health on the actuator port\n{endpoints.describe()}", interval=0.2)
+        assert doc["details"]["dry_run"] is True
+        assert doc["details"]["rules"]["wan1"]["result"] == "dry_run"
+    finally:
+        sup.ctl("stop", "wanctl:actuator-noop")
+        sup.ctl("start", "wanctl:actuator")
+    wait_for(lambda: (a := endpoints.health("actuator")) is not None and a[1]["stage"] == "actuator", 30,
+             "the live actuator back on its port", interval=0.2)
