@@ -8,6 +8,7 @@ and writes the decisions in the logger's line format, in emission order.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, BinaryIO, Iterable, Optional
@@ -156,8 +157,13 @@ def replay(
     run = Replay(Engine(cfg.scorer))
     with source:
         if out is None:
-            code = run.run(source, sys.stdout.buffer, strict)
-            sys.stdout.flush()
+            try:
+                code = run.run(source, sys.stdout.buffer, strict)
+                sys.stdout.flush()
+            except BrokenPipeError:  # e.g. `wanctl-replay ... | head`: the reader has had enough
+                # Point stdout at /dev/null so the interpreter's final flush stays quiet.
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                raise typer.Exit(0)
         else:
             with out.open("wb") as sink:
                 code = run.run(source, sink, strict)
