@@ -8,13 +8,12 @@ re-asserts after a restart or a manual change, and reports ``actuation.<wan>``.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 
 import zmq
 
 from proto import bus
-from proto.config import Config, ConfigError, router_password
+from proto.config import Config, router_password
 from proto.health import Health
 from proto.messages import Actuation, State
 
@@ -54,11 +53,7 @@ def run(cfg: Config, password: str | None, *, dry_run: bool, stage: str) -> int:
         while not stop.stopping:
             wait = min(actuator.next_due(), beats.due) - time.monotonic()
             if sub.poll(max(0, min(100, int(wait * 1000) + 1)), zmq.POLLIN):
-                for _ in range(1000):
-                    try:
-                        frames = sub.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
+                for frames in bus.pending_frames(sub):
                     message = decoder.decode(frames)
                     if not isinstance(message, State):
                         continue
@@ -94,30 +89,16 @@ def run(cfg: Config, password: str | None, *, dry_run: bool, stage: str) -> int:
 
 
 def _entry(noop: bool) -> None:
-    import typer
-
-    app = typer.Typer(add_completion=False)
     stage = "actuator-noop" if noop else "actuator"
 
-    @app.command()
-    def _main(config: str = typer.Option(None, "--config", help="wanctl.yaml")) -> None:
-        """Drive each WAN's mangle rule toward the scorer's desired state."""
-        bus.setup_logging(stage)
-        cfg = bus.load_stage_config(config, stage)
+    def start(cfg: Config) -> int:
         dry_run = noop or cfg.actuator.dry_run
-        try:
-            if not cfg.wans:
-                raise ConfigError(["wans: the actuator needs at least one WAN, got []"])
-            password = router_password(cfg)
-        except ConfigError as error:
-            for problem in error.problems:
-                print(f"wanctl-{stage}: config error: {problem}", file=sys.stderr, flush=True)
-            raise SystemExit(2) from None
         if dry_run:
             log.info("dry run: the mangle rules are read, never written")
-        raise SystemExit(run(cfg, password, dry_run=dry_run, stage=stage))
+        return run(cfg, router_password(cfg), dry_run=dry_run, stage=stage)
 
-    app()
+    bus.stage_command(stage, "Drive each WAN's mangle rule toward the scorer's desired state.", start,
+                      needs_router=True)
 
 
 def main() -> None:

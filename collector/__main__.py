@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import sys
 import time
 
 import zmq
 
 from proto import bus
-from proto.config import Config, ConfigError, router_password
+from proto.config import Config, router_password
 from proto.health import Health
 from proto.messages import Telemetry
 
@@ -82,26 +81,8 @@ def run(cfg: Config, password: str | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import typer
-
-    app = typer.Typer(add_completion=False)
-
-    @app.command()
-    def _main(config: str = typer.Option(None, "--config", help="wanctl.yaml")) -> None:
-        """Poll every WAN's queue and RTT on the router; publish telemetry."""
-        bus.setup_logging("collector")
-        cfg = bus.load_stage_config(config, "collector")
-        try:
-            if not cfg.wans:
-                raise ConfigError(["wans: the collector needs at least one WAN, got []"])
-            password = router_password(cfg)
-        except ConfigError as error:
-            for problem in error.problems:
-                print(f"wanctl-collector: config error: {problem}", file=sys.stderr, flush=True)
-            raise SystemExit(2) from None
-        raise SystemExit(run(cfg, password))
-
-    app(argv)
+    bus.stage_command("collector", "Poll every WAN's queue and RTT on the router; publish telemetry.",
+                      lambda cfg: run(cfg, router_password(cfg)), needs_router=True, argv=argv)
 
 
 if __name__ == "__main__":

@@ -100,11 +100,7 @@ def run(cfg: Config) -> int:
                 replay_needed = True
             events = dict(poller.poll(100))
             if sub in events:
-                for _ in range(1000):
-                    try:
-                        frames = sub.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
+                for frames in bus.pending_frames(sub):
                     message = decoder.decode(frames)
                     if isinstance(message, Decision):
                         health.saw("decision")
@@ -158,15 +154,4 @@ def run(cfg: Config) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import typer
-
-    app = typer.Typer(add_completion=False)
-
-    @app.command()
-    def _main(config: str = typer.Option(None, "--config", help="wanctl.yaml")) -> None:
-        """Write every decision exactly once, in seq order, to logger.path."""
-        bus.setup_logging("logger")
-        cfg = bus.load_stage_config(config, "logger")
-        raise SystemExit(run(cfg))
-
-    app(argv)
+    bus.stage_command("logger", "Write every decision exactly once, in seq order, to logger.path.", run, argv=argv)

@@ -20,12 +20,13 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 from pathlib import Path
 
 import msgspec
 import zmq
 
-from proto.config import Config, ConfigError, load_config, resolve_path
+from proto.config import Config, ConfigError, load_config, resolve_path, router_password
 from proto.health import Health
 from proto.messages import KINDS, SCHEMA_VERSION, Heartbeat, Message, from_msgpack, to_msgpack, topic
 
@@ -351,11 +352,29 @@ def setup_logging(stage: str) -> None:
     )
 
 
-def load_stage_config(path: str | None, stage: str) -> Config:
-    """Load and check the config, or print the problems and exit 2 (before any socket)."""
+def pending_frames(sock: zmq.Socket, limit: int = 1000, copy: bool = True):
+    """The multipart messages ``sock`` holds right now, at most ``limit`` of them
+    (a burst is drained in slices so a loop stays responsive to SIGTERM)."""
+    for _ in range(limit):
+        try:
+            yield sock.recv_multipart(zmq.NOBLOCK, copy=copy)
+        except zmq.Again:
+            return
+
+
+def load_stage_config(path: str | None, stage: str, *, needs_router: bool = False) -> Config:
+    """Load and check the config, or print the problems and exit 2 (before any socket).
+
+    A stage that talks to the router (``needs_router``) also needs at least one
+    WAN and a readable router password.
+    """
     try:
         cfg = load_config(path)
         check_bus(cfg)
+        if needs_router:
+            if not cfg.wans:
+                raise ConfigError([f"wans: the {stage} needs at least one WAN, got []"])
+            router_password(cfg)
     except ConfigError as error:
         for problem in error.problems:
             print(f"wanctl-{stage}: config error: {problem}", file=sys.stderr)
@@ -397,11 +416,7 @@ def run_proxy(cfg: Config) -> int:
         while not stop.stopping:
             events = dict(poller.poll(100))
             if xsub in events:
-                for _ in range(1000):  # drain in bursts, stay responsive to SIGTERM
-                    try:
-                        frames = xsub.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
+                for frames in pending_frames(xsub, copy=False):
                     kind = frames[0].bytes.split(b".", 1)[0]
                     tally = by_kind.get(kind)
                     if tally is None:
@@ -419,11 +434,7 @@ def run_proxy(cfg: Config) -> int:
                         health.sent(_KIND_LABELS.get(kind, "other"), tally[1])
                         tally[0] = tally[1] = 0
             if xpub in events:
-                while True:
-                    try:
-                        frames = xpub.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
+                for frames in pending_frames(xpub):
                     xsub.send_multipart(frames)
                     counters["subscription_events"] += 1
             now = time.monotonic()
@@ -448,19 +459,27 @@ def run_proxy(cfg: Config) -> int:
     return 0
 
 
-def bus_main(argv: list[str] | None = None) -> None:
+def stage_command(stage: str, summary: str, start: Callable[[Config], int], *,
+                  needs_router: bool = False, argv: list[str] | None = None) -> None:
+    """The console script of a stage: ``--config PATH``, what supervisord runs.
+
+    A bad config exits with status 2 before ``start`` opens any socket.
+    """
     import typer
 
     app = typer.Typer(add_completion=False)
 
-    @app.command()
-    def main(config: str = typer.Option(None, "--config", help="wanctl.yaml")) -> None:
-        """Run the XSUB/XPUB proxy every stage connects to."""
-        setup_logging("bus")
-        cfg = load_stage_config(config, "bus")
-        raise SystemExit(run_proxy(cfg))
+    @app.command(help=summary)
+    def command(config: str = typer.Option(None, "--config", help="wanctl.yaml")) -> None:
+        setup_logging(stage)
+        cfg = load_stage_config(config, stage, needs_router=needs_router)
+        raise SystemExit(start(cfg))
 
     app(argv)
+
+
+def bus_main(argv: list[str] | None = None) -> None:
+    stage_command("bus", "Run the XSUB/XPUB proxy every stage connects to.", run_proxy, argv=argv)
 
 
 def keys_main(argv: list[str] | None = None) -> None:

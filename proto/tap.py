@@ -127,10 +127,8 @@ def main(
                           f"within {connect_timeout:g}s", file=sys.stderr)
                     raise typer.Exit(1)
                 continue
-            while count == 0 or printed < count:
-                try:
-                    frames = sub.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
+            for frames in bus.pending_frames(sub):
+                if count and printed >= count:
                     break
                 if frames == [bus.WELCOME]:
                     if not connected:

@@ -256,11 +256,7 @@ def run(cfg: Config) -> int:
             events = dict(poller.poll(max(0, min(100, int(timeout * 1000) + 1))))
             if sub in events:
                 received = 0
-                for _ in range(1000):
-                    try:
-                        frames = sub.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
+                for frames in bus.pending_frames(sub):
                     message = decoder.decode(frames)
                     if not isinstance(message, Telemetry):
                         continue
@@ -276,11 +272,7 @@ def run(cfg: Config) -> int:
                 if received:
                     health.saw("telemetry", received)
             if journal_sock in events:
-                while True:
-                    try:
-                        frames = journal_sock.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
+                for frames in bus.pending_frames(journal_sock):
                     try:
                         request = msgspec.msgpack.decode(frames[-1], type=ReplayRequest)
                     except Exception:  # noqa: BLE001
@@ -316,15 +308,5 @@ def run(cfg: Config) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import typer
-
-    app = typer.Typer(add_completion=False)
-
-    @app.command()
-    def _main(config: str = typer.Option(None, "--config", help="wanctl.yaml")) -> None:
-        """Score telemetry from the bus; journal, publish and persist decisions."""
-        bus.setup_logging("scorer")
-        cfg = bus.load_stage_config(config, "scorer")
-        raise SystemExit(run(cfg))
-
-    app(argv)
+    bus.stage_command("scorer", "Score telemetry from the bus; journal, publish and persist decisions.", run,
+                      argv=argv)

@@ -23,8 +23,6 @@ librouteros' own ``ApiProtocol`` where its high-level API would hide a detail
 from __future__ import annotations
 
 import socket
-import time
-from typing import Callable
 
 import pytest
 from librouteros.connections import SocketTransport
@@ -32,6 +30,7 @@ from librouteros.protocol import ApiProtocol
 
 from sim.scenario import quiet_scenario
 from sim.testing import SimRouter
+from tests.support import wait_for  # noqa: F401  (re-exported for the router tests)
 
 
 class FakeClock:
@@ -46,18 +45,6 @@ class FakeClock:
     def advance(self, seconds: float) -> float:
         self.now += seconds
         return self.now
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 5.0, interval: float = 0.02, what: str = ""):
-    """Poll ``condition`` until it is truthy; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what or condition}")
-        time.sleep(interval)
 
 
 @pytest.fixture

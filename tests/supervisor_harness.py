@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,27 +23,10 @@ from proto import bus
 from proto.config import Config, parse_config
 from proto.health import STAGES
 from proto.messages import Message, from_json
+from tests.support import free_port, wait_for  # noqa: F401  (re-exported for the pipeline tests)
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-
-
-def wait_for(condition, timeout: float, what: str, interval: float = 0.05):
-    """Poll ``condition()`` until it returns something truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def health_ports() -> dict[str, int]:
@@ -175,11 +157,7 @@ class BusClient:
     def drain(self, wait_ms: int = 0) -> list[Message]:
         got = []
         if self.sub.poll(wait_ms, zmq.POLLIN):
-            while True:
-                try:
-                    frames = self.sub.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
+            for frames in bus.pending_frames(self.sub):
                 message = self.decoder.decode(frames)
                 if message is not None:
                     got.append(message)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from proto.config import ConfigError, load_config, parse_config
 from proto.health import Health, scorer_wan_details
 from proto.messages import State
+from tests.support import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 STATUS = [str(Path(sys.executable).parent / "wanctl-status")]
@@ -37,17 +36,6 @@ def get(url: str) -> tuple[int, dict[str, str], bytes]:
 def health_of(h: Health) -> tuple[int, dict]:
     code, _, body = get(f"{h.url}/health")
     return code, json.loads(body)
-
-
-def wait_for(condition, timeout_s: float = 15.0, interval_s: float = 0.02):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s} s")
-        time.sleep(interval_s)
 
 
 @pytest.fixture
@@ -75,7 +63,7 @@ def test_stale_expected_input_degrades_and_recovers(health):
     assert 0 <= doc["last_message"]["age_s"] < 10
 
     # No telemetry any more: degraded, with the reason an operator can act on.
-    code, doc = wait_for(lambda: (r := health_of(health))[0] == 503 and r)
+    code, doc = wait_for(lambda: (r := health_of(health))[0] == 503 and r, 15, "the health endpoint to say 503")
     assert doc["status"] == "degraded"
     assert re.fullmatch(r"no telemetry for \d+\.\d s \(limit 0\.3 s\)", doc["reasons"]["stale_telemetry"])
 
@@ -204,12 +192,6 @@ def test_config_port_zero_serves_nothing():
     h.stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _status_config(tmp_path: Path, ports: dict[str, int]) -> Path:
     health = {stage: 0 for stage in ("bus", "collector", "scorer", "actuator", "logger")} | ports
     path = tmp_path / "wanctl.yaml"
@@ -230,8 +212,8 @@ def test_wanctl_status_table_json_and_exit_code(tmp_path):
         assert re.search(r"^scorer\s+ok\b", ok.stdout, re.M) and "scorer/wan1: GOOD by confidence" in ok.stdout
 
         logger.expect("decision", max_age_s=0.01)
-        wait_for(lambda: logger.snapshot()["status"] == "degraded")
-        down = _free_port()
+        wait_for(lambda: logger.snapshot()["status"] == "degraded", 15, "the logger to turn degraded")
+        down = free_port()
         config = _status_config(tmp_path, {"scorer": scorer.port, "logger": logger.port, "actuator": down})
         bad = subprocess.run([*STATUS, "--config", str(config)], capture_output=True, text=True, timeout=60)
         assert bad.returncode == 1
