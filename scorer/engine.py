@@ -341,6 +341,7 @@ class Engine:
         self.driving_confidence = cfg.policy == CONFIDENCE
         self.confidence_running = self.driving_confidence or cfg.shadow
         self.hysteresis_running = not self.driving_confidence or cfg.shadow
+        self.flap_running = self.confidence_running and cfg.flap.enabled
 
     @property
     def counters(self) -> dict[str, int]:
@@ -354,51 +355,40 @@ class Engine:
         """Score one sample; return the decisions it causes (driving first)."""
         t = s.t
         rtt, base, drops, queue = s.rtt_ms, s.baseline_rtt_ms, s.drops_per_sec, s.queue_depth_pct
-        # Fast path for the common complete sample: a sum of finite numbers is
-        # finite (x - x == 0 is false for NaN and infinities).  Anything else,
-        # and the rare overflow of the sum, gets the precise check.
-        valid = False
-        if (rtt is not None and base is not None and drops is not None and queue is not None
-                and s.cake_state is None and s.wan_zone is None and s.v == SCHEMA_VERSION):
-            total = t + s.wall + rtt + base + drops + queue
-            valid = total - total == 0.0 and rtt >= 0.0 and base >= 0.0 and drops >= 0.0 and queue >= 0.0
         w = self.wans.get(s.wan)
-        cause = None if valid else rejection_cause(s)
-        if cause is None and w is not None and s.stream == w.stream and t - w.last_t <= TOL:
-            cause = OUT_OF_ORDER
-        self.last_rejection = cause
-        if cause is not None:
-            self.rejected[cause] = self.rejected.get(cause, 0) + 1
-            return _NONE
-        counters = self._counters
+        # The common case, checked cheaply: a complete sample without state
+        # strings, of a known WAN on its current stream, in order.  A sum of
+        # finite numbers is finite (x - x == 0 is false for NaN and infinities).
+        # Anything else, and the rare overflow of the sum, takes _admit.
+        fast = False
+        if (w is not None and s.stream == w.stream and rtt is not None and base is not None
+                and drops is not None and queue is not None and s.cake_state is None
+                and s.wan_zone is None and s.v == SCHEMA_VERSION):
+            total = t + s.wall + rtt + base + drops + queue
+            fast = (total - total == 0.0 and rtt >= 0.0 and base >= 0.0 and drops >= 0.0
+                    and queue >= 0.0 and t - w.last_t > TOL)
+        if fast:
+            self.last_rejection = None
+            w.last_t = t
+        else:
+            w = self._admit(s)
+            if w is None:
+                return _NONE
+            drops = drops or 0.0  # null drops or queue count as 0 everywhere
+            queue = queue or 0.0
         p = self.params
-        if w is None:
-            w = self.wans[s.wan] = WanScorer(wan=s.wan, stream=s.stream, last_t=t, last_score=(0, p.steer, False))
-        elif s.stream != w.stream:
-            # A new clock: keep the time each deadline had left at the old stream's
-            # last sample, and treat the change as a gap.
-            counters["stream_changes"] += 1
-            w.confidence_policy.shift(t - w.last_t)
-            w.clear_runs()
-            w.stream = s.stream
-            w.last_scored_t = None
-        w.last_t = t
-        if rtt is None or base is None:
-            counters["ignored_null_rtt"] += 1
-            return _NONE
+        counters = self._counters
         counters["scored"] += 1
         if w.last_scored_t is not None and t - w.last_scored_t > p.max_gap + TOL:
             counters["gaps"] += 1
             w.clear_runs()
         w.last_scored_t = t
 
-        # Section 5.3: assessment.  Null drops or queue count as 0 everywhere.
+        # Section 5.3: assessment.
         rtt_delta = rtt - base if rtt > base else 0.0
         ewma = w.ewma
         ewma = rtt_delta if ewma is None else ewma + p.alpha * (rtt_delta - ewma)
         w.ewma = ewma
-        drops = drops or 0.0
-        queue = queue or 0.0
         state = s.cake_state
         if state is None:
             if ewma > p.red_rtt and drops >= p.min_drops_red and queue >= p.min_queue_red:
@@ -420,7 +410,8 @@ class Engine:
         # Sections 5.4-5.6: score, timers, flap brake, hysteresis, fallback.
         wan_zone = s.wan_zone
         cp = w.confidence_policy
-        penalty = self.confidence_running and p.flap and cp.penalty_until is not None and t < cp.penalty_until - TOL
+        penalty_until = cp.penalty_until
+        penalty = penalty_until is not None and self.flap_running and t < penalty_until - TOL
         threshold = p.steer + p.penalty_add if penalty else p.steer
         decisions = _NONE
         if self.driving_confidence:
@@ -476,6 +467,36 @@ class Engine:
                     w.decision_seq = d.seq
             self._counters["decisions"] += len(decisions)
         return decisions
+
+    def _admit(self, s: Telemetry) -> WanScorer | None:
+        """Sections 5.1-5.2 in full: the WAN to score ``s`` for, or None when
+        ``s`` is rejected (``last_rejection`` says why) or ignored (null RTT)."""
+        cause = rejection_cause(s)
+        w = self.wans.get(s.wan)
+        t = s.t
+        if cause is None and w is not None and s.stream == w.stream and t - w.last_t <= TOL:
+            cause = OUT_OF_ORDER
+        self.last_rejection = cause
+        if cause is not None:
+            self.rejected[cause] = self.rejected.get(cause, 0) + 1
+            return None
+        counters = self._counters
+        if w is None:
+            w = self.wans[s.wan] = WanScorer(wan=s.wan, stream=s.stream, last_t=t,
+                                             last_score=(0, self.params.steer, False))
+        elif s.stream != w.stream:
+            # A new clock: keep the time each deadline had left at the old stream's
+            # last sample, and treat the change as a gap.
+            counters["stream_changes"] += 1
+            w.confidence_policy.shift(t - w.last_t)
+            w.clear_runs()
+            w.stream = s.stream
+            w.last_scored_t = None
+        w.last_t = t
+        if s.rtt_ms is None or s.baseline_rtt_ms is None:
+            counters["ignored_null_rtt"] += 1
+            return None
+        return w
 
     def _decision(
         self, w: WanScorer, s: Telemetry, policy: str, driving: bool, fallback: bool, state: str,
