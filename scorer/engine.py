@@ -13,7 +13,6 @@ the run, 2.0 s after its first, whatever the floating-point noise in ``t``.
 from __future__ import annotations
 
 import math
-from collections import deque
 
 import msgspec
 
@@ -36,16 +35,14 @@ CONFIDENCE = "confidence"
 HYSTERESIS = "hysteresis"
 
 # Rejection causes of section 5.1, in the order they are checked.
+BAD_VERSION = "unsupported_version"
 NON_FINITE = "non_finite"
 NEGATIVE = "negative_value"
 UNKNOWN_STATE = "unknown_state"
-BAD_VERSION = "unsupported_version"
 OUT_OF_ORDER = "out_of_order"
 
 _KNOWN_STATES = frozenset(CAKE_STATES)
 _isfinite = math.isfinite
-_INF = math.inf
-_NEG_INF = -math.inf
 _NONE: list = []  # shared empty result: callers must not mutate what process() returns
 _NO_CONTRIBUTORS: list[str] = []
 # Histories are trimmed back to 3 entries whenever they grow past this.
