@@ -421,9 +421,14 @@ class Engine:
 
         confidence, contributors = 0, _NO_CONTRIBUTORS
         try:
-            confidence, contributors = confidence_score(
-                p, state, rtt_delta, states, drop_history, queue_history, wan_zone
-            )
+            # A healthy sample fails every condition of section 5.4 (no state
+            # weight, RTT delta not high, no drops, queue not high, no zone):
+            # it scores 0 without the call.
+            if (state != "GREEN" or wan_zone is not None or rtt_delta > p.delta_high
+                    or drops != 0.0 or queue > p.queue_high):
+                confidence, contributors = confidence_score(
+                    p, state, rtt_delta, states, drop_history, queue_history, wan_zone
+                )
             # (GOOD, below the threshold and no run to clear is by far the most
             # common case, and a no-op: skip the call.)
             if self.confidence_running and (confidence >= threshold or cp.state != GOOD
