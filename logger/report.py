@@ -46,7 +46,7 @@ from typing import Annotated, Any, Iterator, Literal, Optional
 import msgspec
 import typer
 
-from proto.config import ConfigError, Flap, load_config
+from proto.config import Flap, config_or_exit
 from proto.messages import DEGRADED, DISABLE, ENABLE, GOOD
 
 CONFIDENCE = "confidence"
@@ -853,11 +853,7 @@ def report(
     ),
 ) -> None:
     """Episodes, decisions per day, flap brake, confidence, and Phase 2B vs 2A."""
-    try:
-        cfg = load_config(config)
-    except ConfigError as error:
-        print(f"wanctl-report: {error}", file=sys.stderr)
-        raise typer.Exit(2) from None
+    cfg = config_or_exit("wanctl-report", config)
     log = DecisionLog(cfg.scorer.flap)
     try:
         log.read(decisions)

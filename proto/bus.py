@@ -26,7 +26,7 @@ from pathlib import Path
 import msgspec
 import zmq
 
-from proto.config import Config, ConfigError, load_config, resolve_path, router_password
+from proto.config import Config, ConfigError, config_or_exit, resolve_path, router_password
 from proto.health import Health
 from proto.messages import KINDS, SCHEMA_VERSION, Heartbeat, Message, from_msgpack, to_msgpack, topic
 
@@ -368,18 +368,14 @@ def load_stage_config(path: str | None, stage: str, *, needs_router: bool = Fals
     A stage that talks to the router (``needs_router``) also needs at least one
     WAN and a readable router password.
     """
-    try:
-        cfg = load_config(path)
+    def check(cfg: Config) -> None:
         check_bus(cfg)
         if needs_router:
             if not cfg.wans:
                 raise ConfigError([f"wans: the {stage} needs at least one WAN, got []"])
             router_password(cfg)
-    except ConfigError as error:
-        for problem in error.problems:
-            print(f"wanctl-{stage}: config error: {problem}", file=sys.stderr)
-        raise SystemExit(2) from None
-    return cfg
+
+    return config_or_exit(f"wanctl-{stage}", path, check=check)
 
 
 # --- the proxy ------------------------------------------------------------------
@@ -438,16 +434,8 @@ def run_proxy(cfg: Config) -> int:
                     xsub.send_multipart(frames)
                     counters["subscription_events"] += 1
             now = time.monotonic()
-            if now >= beats.due:
-                beats.seq += 1
-                beats.due = now + beats.interval_s
-                hb = Heartbeat(stage="bus", seq=beats.seq, status=health.status,
-                               uptime_s=round(now - beats.started, 3),
-                               counters={**health.flat_counters(), **counters}, source="bus", epoch=epoch)
-                try:
-                    xpub.send_multipart([topic(hb), to_msgpack(hb)], zmq.NOBLOCK)
-                except zmq.Again:
-                    pass
+            if now >= beats.due:  # straight to the subscribers: the bus is its own proxy
+                beats.maybe_send(xpub, now, {**health.flat_counters(), **counters}, health.status)
     finally:
         health.stop()
         xsub.close(0)

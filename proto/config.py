@@ -11,8 +11,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Callable, Literal
 
 import msgspec
 import yaml
@@ -363,6 +364,21 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Co
         for assignment in overrides:
             apply_override(raw, assignment)
     return parse_config(raw, str(path.resolve().parent))
+
+
+def config_or_exit(prog: str, path: str | os.PathLike | None, overrides: list[str] = (),
+                   check: Callable[[Config], None] | None = None) -> Config:
+    """``load_config`` (and ``check``) for a command line: on a problem, print
+    each as ``<prog>: config error: ...`` and exit with status 2."""
+    try:
+        cfg = load_config(path, overrides)
+        if check is not None:
+            check(cfg)
+    except ConfigError as error:
+        for problem in error.problems:
+            print(f"{prog}: config error: {problem}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return cfg
 
 
 def apply_override(raw: dict, assignment: str) -> None:

@@ -7,13 +7,12 @@ degraded, failing or unreachable; 2 for a bad config.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
-from proto.config import Config, ConfigError, load_config
+from proto.config import Config, config_or_exit
 from proto.health import OK, STAGES, fetch_health
 
 UNREACHABLE = "unreachable"
@@ -112,11 +111,7 @@ def status(
     timeout: float = typer.Option(2.0, "--timeout", min=0.1, help="seconds to wait for each stage"),
 ) -> None:
     """Query every stage's health endpoint; exit 1 when any is not ok."""
-    try:
-        cfg = load_config(config)
-    except ConfigError as error:
-        print(f"wanctl-status: {error}", file=sys.stderr)
-        raise typer.Exit(2) from None
+    cfg = config_or_exit("wanctl-status", config)
     report = collect_status(cfg, timeout)
     print(json.dumps(report, indent=2) if json_output else format_table(report))
     raise typer.Exit(0 if report["ok"] else 1)

@@ -16,12 +16,11 @@ from typing import Annotated, BinaryIO, Iterable, Optional
 import msgspec
 import typer
 
-from proto.config import ConfigError, load_config
+from proto.config import config_or_exit
 from proto.messages import Telemetry
 from scorer.engine import Engine
 
 EXIT_INVALID_LINE = 1
-EXIT_BAD_CONFIG = 2
 
 _REJECTION_TEXT = {
     "non_finite": "a number is not finite",
@@ -144,11 +143,7 @@ def replay(
     Invalid lines are skipped and reported on stderr with their line number and
     reason; exit 1 with --strict on the first one, exit 2 on a bad config.
     """
-    try:
-        cfg = load_config(config, set_ or [])
-    except ConfigError as error:
-        print(f"wanctl-replay: invalid config:\n{error}", file=sys.stderr)
-        raise typer.Exit(EXIT_BAD_CONFIG)
+    cfg = config_or_exit("wanctl-replay", config, set_ or [])
     try:
         source = trace.open("rb")
     except OSError as error:
