@@ -3,6 +3,8 @@
 Level-triggered: every ``state.<wan>`` (re-published by the scorer at least
 once a second) is handed to the core's ``want``; the core converges the rule,
 re-asserts after a restart or a manual change, and reports ``actuation.<wan>``.
+Both commands take the lock ``<bus.run_dir>/actuator.lock``: the live and the
+no-op actuator never run at the same time.
 """
 
 from __future__ import annotations
@@ -12,49 +14,56 @@ import time
 
 import zmq
 
-from proto import bus
+from bus import sockets
 from proto.config import Config, router_password
-from proto.health import Health
 from proto.messages import Actuation, State
+from runtime.health import DEGRADED, FAILING
+from runtime.stage import Stage, stage_command
 
 log = logging.getLogger("wanctl.actuator")
 
 
-def report_actuation(health: Health, actuation: Actuation, dry_run: bool) -> None:
-    """A WAN whose rule cannot be driven makes the stage failing (in a dry run, where it cannot be read:
-    degraded) until a later actuation of that WAN succeeds."""
-    name = f"{actuation.wan}_rule"
-    if actuation.error is None:
-        health.clear(name)
-    elif dry_run:
-        health.degrade(name, actuation.error)
-    else:
-        health.fail(name, actuation.error)
+class ActuatorHealth:
+    """The last actuation of every WAN as conditions (a rule that cannot be driven) and details."""
+
+    def __init__(self, actuator, dry_run: bool) -> None:
+        self.actuator = actuator
+        self.dry_run = dry_run
+        self.last: dict[str, Actuation] = {}
+
+    def conditions(self) -> dict[str, str]:
+        """A WAN whose rule cannot be driven, until a later actuation of that WAN succeeds."""
+        return {f"{wan}_rule": a.error for wan, a in self.last.items() if a.error is not None}
+
+    def details(self) -> dict:
+        return {"dry_run": self.dry_run, "router": self.actuator.link.where, "rules": {
+            wan: {"desired": a.desired, "observed": a.observed, "result": a.result, "error": a.error,
+                  "decision_seq": a.decision_seq} for wan, a in self.last.items()}}
 
 
 def run(cfg: Config, password: str | None, *, dry_run: bool, stage: str) -> int:
     from actuator.rule import Actuator
 
-    stop = bus.StopFlag()
-    epoch = bus.new_epoch()
-    ctx = zmq.Context()
-    sub = bus.subscriber(ctx, cfg, [b"state."])
-    pub = bus.publisher(ctx, cfg)
-    decoder = bus.FrameDecoder()
-    beats = bus.Heartbeats(stage, epoch, cfg.bus.heartbeat_s)
-    actuator = Actuator(cfg, password, epoch=epoch, dry_run=dry_run)
-    known_wans = {w.name for w in cfg.wans}
-    counters = {"states_seen": 0, "states_unknown_wan": 0, "actuations_published": 0}
-    health = Health.for_stage(cfg, "actuator", name=stage)
-    health.expect("state")  # the scorer re-publishes every WAN's state at least once a second
-    actuator.link.observer = health.router_request
-    last: dict[str, Actuation] = {}
-    try:
-        while not stop.stopping:
-            wait = min(actuator.next_due(), beats.due) - time.monotonic()
+    with Stage(cfg, "actuator", name=stage) as rt:
+        sub = rt.subscriber([b"state."])
+        pub = rt.publisher()
+        actuator = Actuator(cfg, password, epoch=rt.epoch, dry_run=dry_run)
+        rt.on_close("close the router link", actuator.close)
+        health = rt.health
+        view = ActuatorHealth(actuator, dry_run)
+        known_wans = {w.name for w in cfg.wans}
+        counters = {"states_seen": 0, "states_unknown_wan": 0, "actuations_published": 0}
+        rt.count_from("actuator", lambda: actuator.counters)
+        rt.count_from("shell", counters)
+        # In a dry run a rule that cannot be read is degraded; live, a rule that cannot be driven is failing.
+        health.conditions_from("rules", view.conditions, DEGRADED if dry_run else FAILING)
+        health.expect("state")  # the scorer re-publishes every WAN's state at least once a second
+        actuator.link.observer = health.router_request
+        while not rt.stopping:
+            wait = min(actuator.next_due(), rt.beats.due) - time.monotonic()
             if sub.poll(max(0, min(100, int(wait * 1000) + 1)), zmq.POLLIN):
-                for frames in bus.pending_frames(sub):
-                    message = decoder.decode(frames)
+                for frames in sockets.pending_frames(sub):
+                    message = rt.decoder.decode(frames)
                     if not isinstance(message, State):
                         continue
                     health.saw("state")
@@ -65,25 +74,15 @@ def run(cfg: Config, password: str | None, *, dry_run: bool, stage: str) -> int:
                     actuator.want(message.wan, message.desired, message.decision_seq)
             now = time.monotonic()
             for actuation in actuator.step(now):
-                bus.publish(pub, actuation)
+                pub.send(actuation)
                 counters["actuations_published"] += 1
                 health.sent("actuation")
-                report_actuation(health, actuation, dry_run)
-                last[actuation.wan] = actuation
-            if now >= beats.due:
-                health.sync_dropped(decoder.counters)
+                view.last[actuation.wan] = actuation
+            if now >= rt.beats.due:
+                health.sync_dropped(rt.decoder.counters)
                 health.sync_reconnects("router", actuator.counters["reconnects"])
-                health.set_details({"dry_run": dry_run, "router": actuator.link.where, "rules": {
-                    wan: {"desired": a.desired, "observed": a.observed, "result": a.result, "error": a.error,
-                          "decision_seq": a.decision_seq} for wan, a in last.items()}})
-                beats.maybe_send(pub, now, {**health.flat_counters(), **actuator.counters, **counters,
-                                            **decoder.counters}, health.status)
-    finally:
-        health.stop()
-        actuator.close()
-        sub.close(cfg.bus.linger_ms)
-        pub.close(cfg.bus.linger_ms)
-        ctx.term()
+                health.set_details(view.details())
+                rt.heartbeat(now)
     log.info("%s stopped", stage)
     return 0
 
@@ -97,8 +96,8 @@ def _entry(noop: bool) -> None:
             log.info("dry run: the mangle rules are read, never written")
         return run(cfg, router_password(cfg), dry_run=dry_run, stage=stage)
 
-    bus.stage_command(stage, "Drive each WAN's mangle rule toward the scorer's desired state.", start,
-                      needs_router=True)
+    stage_command(stage, "Drive each WAN's mangle rule toward the scorer's desired state.", start,
+                  needs_router=True)
 
 
 def main() -> None:

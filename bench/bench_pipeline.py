@@ -32,7 +32,7 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from proto import bus  # noqa: E402
+from bus import sockets as bus  # noqa: E402
 from proto.config import parse_config  # noqa: E402
 from proto.messages import Decision, Heartbeat, Telemetry, to_msgpack  # noqa: E402
 from tests.supervisor_harness import Stage, free_port, short_tmp, wait_for, write_config  # noqa: E402

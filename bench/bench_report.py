@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from logger.report import DecisionLog, Trace, build_report, plot_timeline  # noqa: E402
+from report.report import DecisionLog, Trace, build_report, plot_timeline  # noqa: E402
 from proto.config import load_config  # noqa: E402
 
 WALL0 = 1_700_000_000.0

@@ -15,12 +15,13 @@ import time
 import msgspec
 import zmq
 
+from bus import sockets
 from logger.writer import DecisionLog
-from proto import bus
 from proto.config import Config, resolve_path
-from proto.decisionlog import DecisionFile, ReplayReply, ReplayRequest
-from proto.health import Health
-from proto.messages import Decision, Heartbeat, from_json
+from proto.messages import Decision, Heartbeat, ReplayReply, ReplayRequest, from_json
+from runtime.health import Health
+from runtime.stage import Stage, stage_command
+from runtime.storage import DecisionFile
 
 log = logging.getLogger("wanctl.logger")
 
@@ -46,39 +47,36 @@ def report_progress(health: Health, file: DecisionFile, decisions: DecisionLog, 
 
 
 def run(cfg: Config) -> int:
-    stop = bus.StopFlag()
-    epoch = bus.new_epoch()
-    lc = cfg.logger
-    file = DecisionFile(resolve_path(cfg, lc.path), fsync=lc.fsync, fsync_interval_s=lc.fsync_interval_s,
-                        rotate_bytes=lc.rotate_bytes, rotate_keep=lc.rotate_keep)
-    decisions = DecisionLog(file)
-    log.info("logger: %s holds decisions up to seq %d", file.path, file.last_seq)
-    ctx = zmq.Context()
-    sub = bus.subscriber(ctx, cfg, [b"decision.", b"heartbeat.scorer"])
-    pub = bus.publisher(ctx, cfg)
-    decoder = bus.FrameDecoder()
-    beats = bus.Heartbeats("logger", epoch, cfg.bus.heartbeat_s)
-    counters = {"replay_requests": 0, "replay_timeouts": 0, "replayed_lines": 0, "bad_replay_lines": 0,
-                "torn_bytes_repaired": file.repaired_bytes}
-    dealer: zmq.Socket | None = None
-    asked_at: float | None = None  # monotonic time of the outstanding request
-    replay_needed = True
-    backstop_due = time.monotonic() + BACKSTOP_S
+    with Stage(cfg, "logger") as stage:
+        lc = cfg.logger
+        file = DecisionFile(resolve_path(cfg, lc.path), fsync=lc.fsync, fsync_interval_s=lc.fsync_interval_s,
+                            rotate_bytes=lc.rotate_bytes, rotate_keep=lc.rotate_keep)
+        stage.on_close("close the decision file", file.close)
+        decisions = DecisionLog(file)
+        log.info("logger: %s holds decisions up to seq %d", file.path, file.last_seq)
+        sub = stage.subscriber([b"decision.", b"heartbeat.scorer"])
+        stage.publisher()
+        counters = {"replay_requests": 0, "replay_timeouts": 0, "replayed_lines": 0, "bad_replay_lines": 0,
+                    "torn_bytes_repaired": file.repaired_bytes}
+        stage.count_from("decisions", decisions.counters)
+        stage.count_from("replays", counters)
+        stage.count_from("file", lambda: {"last_seq": decisions.last_seq})
+        asked_at: float | None = None  # monotonic time of the outstanding request
+        replay_needed = True
+        backstop_due = time.monotonic() + BACKSTOP_S
 
-    def new_dealer() -> zmq.Socket:
-        sock = bus.client_socket(ctx, zmq.DEALER, cfg, cfg.bus.journal, hwm=10)
-        return sock
+        def new_dealer() -> zmq.Socket:
+            return stage.client_socket(zmq.DEALER, cfg.bus.journal, hwm=10)
 
-    health = Health.for_stage(cfg, "logger")
-    health.expect("heartbeat")  # the scorer's, once a second: its absence means the scorer (or the bus) is down
-    scorer_seq = 0  # the last decision the scorer's heartbeat says it journaled
-    behind_since: float | None = None
-    dealer = new_dealer()
-    poller = zmq.Poller()
-    poller.register(sub, zmq.POLLIN)
-    poller.register(dealer, zmq.POLLIN)
-    try:
-        while not stop.stopping:
+        health = stage.health
+        health.expect("heartbeat")  # the scorer's, once a second: its absence means the scorer (or the bus) is down
+        scorer_seq = 0  # the last decision the scorer's heartbeat says it journaled
+        behind_since: float | None = None
+        dealer = new_dealer()
+        poller = zmq.Poller()
+        poller.register(sub, zmq.POLLIN)
+        poller.register(dealer, zmq.POLLIN)
+        while not stage.stopping:
             now = time.monotonic()
             if replay_needed and asked_at is None:
                 try:
@@ -93,15 +91,15 @@ def run(cfg: Config) -> int:
                 health.degrade("journal", f"no reply from the scorer's journal socket {cfg.bus.journal} within "
                                           f"{REPLY_TIMEOUT_S:g} s; asking again")
                 poller.unregister(dealer)
-                dealer.close(0)
+                stage.close_socket(dealer)
                 dealer = new_dealer()
                 poller.register(dealer, zmq.POLLIN)
                 asked_at = None
                 replay_needed = True
             events = dict(poller.poll(100))
             if sub in events:
-                for frames in bus.pending_frames(sub):
-                    message = decoder.decode(frames)
+                for frames in sockets.pending_frames(sub):
+                    message = stage.decoder.decode(frames)
                     if isinstance(message, Decision):
                         health.saw("decision")
                         if decisions.offer_decision(message):
@@ -138,20 +136,13 @@ def run(cfg: Config) -> int:
                 replay_needed = True
                 backstop_due = now + BACKSTOP_S
             file.maybe_sync()
-            if now >= beats.due:
+            if now >= stage.beats.due:
                 behind_since = report_progress(health, file, decisions, scorer_seq, behind_since, now)
-                health.sync_dropped(decoder.counters)
-                beats.maybe_send(pub, now, {**health.flat_counters(), **decisions.counters, **counters,
-                                            **decoder.counters, "last_seq": decisions.last_seq}, health.status)
-    finally:
-        health.stop()
-        file.close()
-        for sock in (sub, pub, dealer):
-            sock.close(cfg.bus.linger_ms)
-        ctx.term()
+                health.sync_dropped(stage.decoder.counters)
+                stage.heartbeat(now)
     log.info("logger stopped at seq %d", decisions.last_seq)
     return 0
 
 
 def main(argv: list[str] | None = None) -> None:
-    bus.stage_command("logger", "Write every decision exactly once, in seq order, to logger.path.", run, argv=argv)
+    stage_command("logger", "Write every decision exactly once, in seq order, to logger.path.", run, argv=argv)

@@ -10,7 +10,7 @@ is still written once.
 
 from __future__ import annotations
 
-from proto.decisionlog import DecisionFile
+from runtime.storage import DecisionFile
 from proto.messages import Decision, to_json
 
 HELD_MAX = 10_000

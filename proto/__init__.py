@@ -1,1 +1,1 @@
-"""The vocabulary every wanctl stage shares: messages, configuration, bus helpers."""
+"""The vocabulary every wanctl stage shares: messages, configuration, names."""

@@ -6,6 +6,8 @@ tap.  Field names are the JSON names of SPEC section 3.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import msgspec
 
 SCHEMA_VERSION = 1
@@ -16,8 +18,23 @@ ENABLE = "ENABLE_STEERING"
 DISABLE = "DISABLE_STEERING"
 CAKE_STATES = ("GREEN", "YELLOW", "SOFT_RED", "RED")
 
+SteeringState = Literal["GOOD", "DEGRADED"]
+Direction = Literal["ENABLE_STEERING", "DISABLE_STEERING"]
+ActuationResult = Literal["applied", "already", "dry_run", "failed"]
+HealthStatus = Literal["ok", "degraded", "failing"]
 
-class Telemetry(msgspec.Struct, tag="telemetry", tag_field="kind", kw_only=True, gc=False):
+
+class Envelope(msgspec.Struct, tag_field="kind", kw_only=True, gc=False):
+    """The base of every bus message: tagged on ``kind``, keyword-only, no GC tracking.
+
+    Each message declares the envelope fields ``v``, ``source`` and ``epoch``
+    itself, after its own fields: msgspec encodes fields in declaration order
+    (a base class's first), and the JSON lines of decisions are compared byte
+    for byte, so their order is part of the format.
+    """
+
+
+class Telemetry(Envelope, tag="telemetry"):
     """One sample of one WAN; ``t`` is the collector host's monotonic clock."""
 
     wan: str
@@ -37,7 +54,7 @@ class Telemetry(msgspec.Struct, tag="telemetry", tag_field="kind", kw_only=True,
     steering_active: bool | None = None
 
 
-class Decision(msgspec.Struct, tag="decision", tag_field="kind", kw_only=True, gc=False):
+class Decision(Envelope, tag="decision"):
     """A state change of one policy for one WAN; ``seq`` numbers all decisions."""
 
     seq: int
@@ -48,8 +65,8 @@ class Decision(msgspec.Struct, tag="decision", tag_field="kind", kw_only=True, g
     policy: str
     driving: bool
     fallback: bool
-    decision: str
-    state: str
+    decision: Direction
+    state: SteeringState
     confidence: int
     threshold: int
     flap_penalty: bool
@@ -60,12 +77,12 @@ class Decision(msgspec.Struct, tag="decision", tag_field="kind", kw_only=True, g
     epoch: int = 0
 
 
-class State(msgspec.Struct, tag="state", tag_field="kind", kw_only=True, gc=False):
+class State(Envelope, tag="state"):
     """The desired steering state of one WAN, re-published at least once a second."""
 
     wan: str
     seq: int
-    desired: str
+    desired: SteeringState
     decision_seq: int
     confidence: int
     threshold: int
@@ -81,14 +98,14 @@ class State(msgspec.Struct, tag="state", tag_field="kind", kw_only=True, gc=Fals
     epoch: int = 0
 
 
-class Actuation(msgspec.Struct, tag="actuation", tag_field="kind", kw_only=True, gc=False):
+class Actuation(Envelope, tag="actuation"):
     """What the actuator did to drive one WAN's mangle rule toward ``desired``."""
 
     wan: str
     seq: int
-    desired: str
-    observed: str | None
-    result: str  # applied | already | dry_run | failed
+    desired: SteeringState
+    observed: SteeringState | None
+    result: ActuationResult
     error: str | None
     decision_seq: int
     v: int = SCHEMA_VERSION
@@ -96,12 +113,12 @@ class Actuation(msgspec.Struct, tag="actuation", tag_field="kind", kw_only=True,
     epoch: int = 0
 
 
-class Heartbeat(msgspec.Struct, tag="heartbeat", tag_field="kind", kw_only=True, gc=False):
+class Heartbeat(Envelope, tag="heartbeat"):
     """Once a second from every stage: it is alive, and what it has counted."""
 
     stage: str
     seq: int
-    status: str = "ok"
+    status: HealthStatus = "ok"
     uptime_s: float = 0.0
     counters: dict[str, int] = {}
     v: int = SCHEMA_VERSION
@@ -140,3 +157,22 @@ def topic(message: Message) -> bytes:
     if isinstance(message, Heartbeat):
         return f"heartbeat.{message.stage}".encode()
     return f"{type(message).__struct_config__.tag}.{message.wan}".encode()
+
+
+# --- the scorer's journal socket (logger DEALER -> scorer ROUTER), msgpack -----
+
+REPLAY_LIMIT = 500  # decisions per replay reply
+
+
+class ReplayRequest(msgspec.Struct):
+    """Logger -> scorer journal socket (DEALER -> ROUTER), msgpack."""
+
+    after: int
+    limit: int = REPLAY_LIMIT
+
+
+class ReplayReply(msgspec.Struct):
+    """Scorer -> logger: journal lines after ``after``, at most ``limit`` of them."""
+
+    last_seq: int  # the journal's last seq: ask again while behind it
+    lines: list[bytes]  # Decision JSON lines with seq > after, in seq order

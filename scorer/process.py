@@ -29,11 +29,12 @@ import time
 import msgspec
 import zmq
 
-from proto import bus
+from bus import sockets
 from proto.config import Config, resolve_path
-from proto.decisionlog import REPLAY_LIMIT, DecisionJournal, ReplayReply, ReplayRequest, write_atomic
-from proto.health import Health
-from proto.messages import ENABLE, Decision, State, Telemetry, from_json, to_json
+from proto.messages import REPLAY_LIMIT, ENABLE, Decision, ReplayReply, ReplayRequest, State, Telemetry, from_json, to_json
+from runtime.health import Health
+from runtime.stage import Stage, stage_command
+from runtime.storage import DecisionJournal, write_atomic
 from scorer.engine import CONFIDENCE, Engine
 
 log = logging.getLogger("wanctl.scorer")
@@ -59,15 +60,15 @@ class ScorerCore:
         self.epoch = epoch
         self.state_path = resolve_path(cfg, s.state_path)
         self.journal = DecisionJournal(resolve_path(cfg, s.journal_path), fsync="always", window=JOURNAL_WINDOW)
-        self.counters = {"journal_repaired": 0, "state_file_errors": 0, "replays_served": 0}
+        self.tallies = {"journal_repaired": 0, "state_file_errors": 0, "replays_served": 0}
         self.engine, recent = self._load_state()
         for line in recent:  # kill between the snapshot and the journal append
             decision = from_json(line)
             if decision.seq > self.journal.last_seq:
                 self.journal.append_decisions([decision])
-                self.counters["journal_repaired"] += 1
-        if self.counters["journal_repaired"]:
-            log.warning("journal: restored %d decisions from the state file", self.counters["journal_repaired"])
+                self.tallies["journal_repaired"] += 1
+        if self.tallies["journal_repaired"]:
+            log.warning("journal: restored %d decisions from the state file", self.tallies["journal_repaired"])
         if self.journal.last_seq >= self.engine.next_seq:
             log.warning("journal: last seq %d is ahead of the state file's next seq %d; continuing after it",
                         self.journal.last_seq, self.engine.next_seq)
@@ -85,7 +86,7 @@ class ScorerCore:
             saved = msgspec.msgpack.decode(data, type=PersistedState)
             return Engine.restore(self.cfg.scorer, saved.engine, epoch=self.epoch), saved.recent
         except Exception as error:  # noqa: BLE001 - a bad state file must not stop steering
-            self.counters["state_file_errors"] += 1
+            self.tallies["state_file_errors"] += 1
             bad = self.state_path.with_name(self.state_path.name + ".bad")
             self.state_path.rename(bad)
             log.error("%s: cannot restore scorer state (%s); moved to %s, starting from GOOD",
@@ -114,18 +115,24 @@ class ScorerCore:
 
     def replay(self, request: ReplayRequest) -> ReplayReply:
         """Journal lines after a seq (the logger's catch-up)."""
-        self.counters["replays_served"] += 1
+        self.tallies["replays_served"] += 1
         limit = max(1, min(request.limit, REPLAY_LIMIT))
         return ReplayReply(last_seq=self.journal.last_seq, lines=self.journal.lines_after(request.after, limit))
 
-    def all_counters(self) -> dict[str, int]:
+    @property
+    def counters(self) -> dict[str, int]:
+        """The core's one flat namespace: the engine's counts, rejected samples by cause, the journal's."""
         out = dict(self.engine.counters)
         out.update({f"rejected_{k}": v for k, v in self.engine.rejected.items()})
-        out.update(self.counters)
+        out.update(self.tallies)
         out["last_decision_seq"] = self.journal.last_seq
         out["journal_reads_from_file"] = self.journal.reads_from_file
         out["next_seq"] = self.engine.next_seq
         return out
+
+    def conditions(self) -> dict[str, str]:
+        """None of its own: the confidence policy's failures are timed by ``EngineMetrics``."""
+        return {}
 
     def close(self) -> None:
         try:
@@ -211,59 +218,57 @@ def _state_key(state: State) -> tuple:
 
 
 def run(cfg: Config) -> int:
-    stop = bus.StopFlag()
-    epoch = bus.new_epoch()
-    core = ScorerCore(cfg, epoch=epoch)
-    ctx = zmq.Context()
-    auth = bus.start_authenticator(ctx, cfg)
-    sub = bus.subscriber(ctx, cfg, [b"telemetry."])
-    pub = bus.publisher(ctx, cfg)
-    journal_sock = bus.server_socket(ctx, zmq.ROUTER, cfg, cfg.bus.journal)
-    decoder = bus.FrameDecoder()
-    beats = bus.Heartbeats("scorer", epoch, cfg.bus.heartbeat_s)
-    state_seq = 0
-    published: dict[str, tuple] = {}
-    s = cfg.scorer
-    now = time.monotonic()
-    states_due = now
-    persist_due = now + s.persist_interval_s
-    counters = {"decisions_published": 0, "states_published": 0, "bad_replay_requests": 0}
-    health = Health.for_stage(cfg, "scorer")
-    health.expect("telemetry")
-    metrics = EngineMetrics(health, cfg)
-    metrics.sync(core, core.engine.states(), now)
-    poller = zmq.Poller()
-    poller.register(sub, zmq.POLLIN)
-    poller.register(journal_sock, zmq.POLLIN)
+    with Stage(cfg, "scorer") as stage:
+        core = ScorerCore(cfg, epoch=stage.epoch)
+        stage.on_close("persist the scorer state and close the journal", core.close)
+        sub = stage.subscriber([b"telemetry."])
+        pub = stage.publisher()
+        journal_sock = stage.server_socket(zmq.ROUTER, cfg.bus.journal)
+        health = stage.health
+        counters = {"decisions_published": 0, "states_published": 0, "bad_replay_requests": 0}
+        stage.count_from("core", lambda: core.counters)
+        stage.count_from("shell", counters)
+        health.conditions_from("core", core.conditions)
+        health.expect("telemetry")
+        metrics = EngineMetrics(health, cfg)
+        state_seq = 0
+        published: dict[str, tuple] = {}
+        s = cfg.scorer
+        now = time.monotonic()
+        states_due = now
+        persist_due = now + s.persist_interval_s
+        metrics.sync(core, core.engine.states(), now)
+        poller = zmq.Poller()
+        poller.register(sub, zmq.POLLIN)
+        poller.register(journal_sock, zmq.POLLIN)
 
-    def publish_states(force: bool) -> None:
-        nonlocal state_seq
-        states = core.engine.states()
-        for state in states:
-            key = _state_key(state)
-            if force or published.get(state.wan) != key:
-                state_seq += 1
-                bus.publish(pub, msgspec.structs.replace(state, seq=state_seq, epoch=epoch))
-                published[state.wan] = key
-                counters["states_published"] += 1
-                health.sent("state")
-        metrics.sync(core, states, time.monotonic())
+        def publish_states(force: bool) -> None:
+            nonlocal state_seq
+            states = core.engine.states()
+            for state in states:
+                key = _state_key(state)
+                if force or published.get(state.wan) != key:
+                    state_seq += 1
+                    pub.send(msgspec.structs.replace(state, seq=state_seq, epoch=stage.epoch))
+                    published[state.wan] = key
+                    counters["states_published"] += 1
+                    health.sent("state")
+            metrics.sync(core, states, time.monotonic())
 
-    try:
-        while not stop.stopping:
+        while not stage.stopping:
             now = time.monotonic()
-            timeout = min(states_due, persist_due, beats.due) - now
+            timeout = min(states_due, persist_due, stage.beats.due) - now
             events = dict(poller.poll(max(0, min(100, int(timeout * 1000) + 1))))
             if sub in events:
                 received = 0
-                for frames in bus.pending_frames(sub):
-                    message = decoder.decode(frames)
+                for frames in sockets.pending_frames(sub):
+                    message = stage.decoder.decode(frames)
                     if not isinstance(message, Telemetry):
                         continue
                     received += 1
                     decisions = core.on_telemetry(message)
                     for decision in decisions:
-                        bus.publish(pub, decision)
+                        pub.send(decision)
                         counters["decisions_published"] += 1
                         metrics.decided(decision)
                         health.sent("decision")
@@ -272,7 +277,7 @@ def run(cfg: Config) -> int:
                 if received:
                     health.saw("telemetry", received)
             if journal_sock in events:
-                for frames in bus.pending_frames(journal_sock):
+                for frames in sockets.pending_frames(journal_sock):
                     try:
                         request = msgspec.msgpack.decode(frames[-1], type=ReplayRequest)
                     except Exception:  # noqa: BLE001
@@ -291,22 +296,12 @@ def run(cfg: Config) -> int:
                 if core.dirty:
                     core.persist()
                 persist_due = now + s.persist_interval_s
-            if now >= beats.due:
-                health.sync_dropped(decoder.counters)
-                beats.maybe_send(pub, now, {**health.flat_counters(), **core.all_counters(), **counters,
-                                            **decoder.counters}, health.status)
-    finally:
-        health.stop()
-        core.close()
-        for sock in (sub, pub, journal_sock):
-            sock.close(cfg.bus.linger_ms)
-        if auth is not None:
-            auth.stop()
-        ctx.term()
+            if now >= stage.beats.due:
+                health.sync_dropped(stage.decoder.counters)
+                stage.heartbeat(now)
     log.info("scorer stopped at decision seq %d", core.journal.last_seq)
     return 0
 
 
 def main(argv: list[str] | None = None) -> None:
-    bus.stage_command("scorer", "Score telemetry from the bus; journal, publish and persist decisions.", run,
-                      argv=argv)
+    stage_command("scorer", "Score telemetry from the bus; journal, publish and persist decisions.", run, argv=argv)

@@ -19,9 +19,9 @@ import msgspec
 import yaml
 import zmq
 
-from proto import bus
+from bus import sockets as bus
 from proto.config import Config, parse_config
-from proto.health import STAGES
+from runtime.health import STAGES
 from proto.messages import Message, from_json
 from tests.support import free_port, wait_for  # noqa: F401  (re-exported for the pipeline tests)
 

@@ -14,7 +14,7 @@ import pytest
 import zmq
 import zmq.auth
 
-from proto import bus
+from bus import sockets as bus
 from proto.config import ConfigError
 from proto.messages import Heartbeat, Telemetry, to_msgpack
 from tests.supervisor_harness import (

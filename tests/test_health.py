@@ -16,7 +16,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proto.config import ConfigError, load_config, parse_config
-from proto.health import Health, scorer_wan_details
+from runtime.health import Health, scorer_wan_details
 from proto.messages import State
 from tests.support import free_port, wait_for
 
@@ -52,7 +52,7 @@ def test_fresh_stage_is_ok_with_uptime_and_no_last_message(health):
     assert code == 200
     assert doc["stage"] == "scorer" and doc["status"] == "ok" and doc["reasons"] == {}
     assert doc["uptime_s"] >= 0 and doc["last_message"] is None
-    assert doc["counters"] == {"rejected_samples": {}, "reconnects": 0, "router_errors": 0, "dropped_frames": {}}
+    assert doc["counters"] == {}
 
 
 def test_stale_expected_input_degrades_and_recovers(health):
@@ -96,15 +96,41 @@ def test_counters_and_details_are_served(health):
                   flap_penalty=True, hold_down_remaining_s=12.5, flap_penalty_remaining_s=40.0, t=100.0)
     health.set_details({"wans": {"wan1": scorer_wan_details(state, fallbacks=1)}})
 
+    core_counts = {"accepted": 5, "rejected_non_finite": 2}
+    health.count_from("core", core_counts)
+    core_counts["accepted"] += 1  # a source is read when the document is rendered
+
     _, doc = health_of(health)
-    assert doc["counters"]["rejected_samples"] == {"non_finite": 2, "out_of_order": 1}
-    assert doc["counters"]["reconnects"] == 1 and doc["counters"]["router_errors"] == 1
-    assert doc["counters"]["dropped_frames"] == {"undecodable": 1}
-    assert doc["counters"]["decisions_written"] == 3
+    assert doc["counters"] == {"decisions_written": 3, "accepted": 6, "rejected_non_finite": 2}
+    value = health.registry.get_sample_value
+    assert value("wanctl_rejected_samples_total", {"wan": "wan1", "cause": "non_finite"}) == 2
+    assert value("wanctl_reconnects_total", {"peer": "router"}) == 1
+    assert value("wanctl_router_errors_total", {"operation": "queue_print"}) == 1
+    assert value("wanctl_dropped_frames_total", {"reason": "undecodable"}) == 1
+    assert value("wanctl_stage_count", {"name": "accepted"}) == 6
     wan1 = doc["details"]["wans"]["wan1"]
     assert wan1["state"] == "DEGRADED" and wan1["threshold"] == 70 and wan1["hold_down_remaining_s"] == 12.5
     assert wan1["flap_penalty"] is True and wan1["flap_penalty_remaining_s"] == 40.0 and wan1["fallbacks"] == 1
-    assert health.flat_counters()["rejected_samples.non_finite"] == 2
+    assert health.counters() == doc["counters"]
+
+
+def test_a_counter_defined_by_two_sources_is_an_error_not_a_merge(health):
+    health.count_from("core", {"router_errors": 1})
+    health.count_from("link", {"router_errors": 6})
+    with pytest.raises(ValueError, match="'router_errors' is defined by both 'core' and 'link'"):
+        health.counters()
+
+
+def test_conditions_from_a_core_are_rendered_at_their_level(health):
+    conditions = {}
+    health.conditions_from("rules", lambda: conditions, "failing")
+    assert health_of(health)[0] == 200
+    conditions["wan1_rule"] = "no mangle rule with comment 'wanctl:wan1'"
+    code, doc = health_of(health)
+    assert code == 503 and doc["status"] == "failing"
+    assert doc["reasons"] == {"wan1_rule": "no mangle rule with comment 'wanctl:wan1'"}
+    conditions.clear()
+    assert health_of(health)[1]["status"] == "ok"
 
 
 def test_scorer_facts_from_its_messages(health):
@@ -130,7 +156,6 @@ def test_scorer_facts_from_its_messages(health):
     assert doc["details"]["wans"]["wan1"]["fallbacks"] == 1
     assert doc["details"]["wans"]["wan1"]["hold_down_remaining_s"] == 29.5
     assert doc["details"]["journal"] == "var/scorer-journal.jsonl"
-    assert doc["counters"]["rejected_samples"] == {"non_finite": 3, "out_of_order": 1}
     value = health.registry.get_sample_value
     conf = {"wan": "wan1", "policy": "confidence", "driving": "true"}
     assert value("wanctl_decisions_total", {**conf, "direction": "enable"}) == 1
@@ -138,6 +163,7 @@ def test_scorer_facts_from_its_messages(health):
     assert value("wanctl_steering_state", conf) == 1
     assert value("wanctl_confidence_score", {"wan": "wan1"}) == 60
     assert value("wanctl_rejected_samples_total", {"wan": "", "cause": "non_finite"}) == 3
+    assert value("wanctl_rejected_samples_total", {"wan": "", "cause": "out_of_order"}) == 1
 
 
 def test_metrics_are_prometheus_exposition(health):

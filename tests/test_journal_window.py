@@ -6,7 +6,8 @@ import shutil
 
 import pytest
 
-from proto.decisionlog import DecisionJournal, ReplayRequest, read_lines
+from proto.messages import ReplayRequest
+from runtime.storage import DecisionJournal, read_lines
 from proto.messages import Decision, from_json
 from scorer import process
 from scorer.process import ScorerCore
@@ -114,6 +115,6 @@ def test_scorer_replays_beyond_its_window_from_the_journal_file(cfg, monkeypatch
     restarted = ScorerCore(cfg, epoch=2)
     try:
         assert seqs(restarted.replay(ReplayRequest(after=2, limit=3)).lines) == [3, 4, 5]
-        assert restarted.all_counters()["journal_reads_from_file"] == 1
+        assert restarted.counters["journal_reads_from_file"] == 1
     finally:
         restarted.close()

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from logger.writer import DecisionLog
-from proto.decisionlog import DecisionFile, read_lines
+from runtime.storage import DecisionFile, read_lines
 from proto.messages import Decision, to_json
 from tests.supervisor_harness import (
     BusClient, Stage, decision_seqs, load, read_jsonl, short_tmp, wait_for, write_config,

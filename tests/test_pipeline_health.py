@@ -16,7 +16,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from proto.health import STAGES as HEALTH_STAGES
+from runtime.health import STAGES as HEALTH_STAGES
 from tests.supervisor_harness import BIN, Supervisor, free_port, short_tmp, wait_for
 from tests.test_pipeline import SCENARIO, STAGES, driving, pipeline_config
 

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from proto.decisionlog import read_lines
+from runtime.storage import read_lines
 from scorer.process import ScorerCore
 from tests.supervisor_harness import load, short_tmp, write_config
 from tests.test_bus import congested, idle
@@ -105,7 +105,7 @@ def test_replay_pages_through_the_journal(cfg):
             seq += 1
             t += 0.5
             core.on_telemetry(sample(seq, t))
-    from proto.decisionlog import ReplayRequest
+    from proto.messages import ReplayRequest
     reply = core.replay(ReplayRequest(after=2, limit=3))
     assert reply.last_seq == core.journal.last_seq
     assert [int(line.split(b'"seq":')[1].split(b",")[0]) for line in reply.lines] == [3, 4, 5]

@@ -13,7 +13,7 @@ from typing import Any, Optional
 import typer
 
 from proto.config import Config, config_or_exit
-from proto.health import OK, STAGES, fetch_health
+from runtime.health import OK, STAGES, fetch_health
 
 UNREACHABLE = "unreachable"
 

@@ -1,31 +1,26 @@
 """Every stage's loopback health endpoint and its Prometheus metrics.
 
-A stage builds one ``Health``, starts it, and then only reports facts to it
-from its own loop: messages it saw (``saw``), inputs it expects to keep
-arriving (``expect``), rejected samples, reconnects, router errors, dropped
-frames, named conditions (``degrade``/``fail``/``clear``) and a ``details``
-snapshot.  A daemon thread serves:
+The contract every stage core follows: ``core.counters`` is one flat
+``dict[str, int]`` (one meaning per key) and ``core.conditions()`` returns
+the failing conditions as ``{name: reason}`` (empty means healthy).  A stage
+registers its sources once (``count_from``, ``conditions_from``); the health
+document, the heartbeat's counters and the ``wanctl_stage_count`` metric are
+all rendered from those sources, and a key that two sources define is an
+error, not a silent merge.
+
+Besides, a stage reports facts from its own loop: messages it saw (``saw``),
+inputs it expects to keep arriving (``expect``), named conditions of the
+shell itself (``degrade``/``fail``/``clear``), labelled metrics (rejected
+samples by cause, router round trips...) and a ``details`` snapshot.  A
+daemon thread serves:
 
 - ``GET /health``: JSON with ``status`` (``ok``/``degraded``/``failing``,
   HTTP 200 for ok and 503 otherwise), ``reasons``, uptime, the last message
   seen and its age, the counters and the stage's ``details``;
 - ``GET /metrics``: Prometheus exposition of the stage's own
-  ``CollectorRegistry`` (``StageMetrics``).
+  ``CollectorRegistry`` (``StageMetrics`` and the counters).
 
-In a stage's ``run(cfg)`` (the scorer as the example)::
-
-    health = Health.for_stage(cfg, "scorer")              # from_config().start(); a taken port is logged
-    health.expect("telemetry")                            # stale after health.stale_after_s: degraded
-    ...
-    message = decoder.decode(frames)
-    if message is not None:
-        health.saw(message.kind)
-    for decision in core.on_telemetry(message):
-        bus.publish(pub, decision); health.observe_decision(decision); health.sent("decision")
-    for state in core.engine.states(): health.observe_state(state)   # where states are published
-    health.sync_rejected(core.engine.rejected)
-    ...
-    finally: health.stop()
+The stage runtime (``runtime.stage.Stage``) builds, starts and stops it.
 
 Every age and uptime is measured on ``time.monotonic()``; wall-clock times
 appear only as display fields.
@@ -40,9 +35,10 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 
 from proto.config import Config, is_loopback_host
 from proto.messages import DEGRADED as STEERING, ENABLE, Decision, State
@@ -162,12 +158,9 @@ class Health:
         self._seen_at: dict[str, float] = {}
         self._expected: dict[str, float] = {}
         self._conditions: dict[str, tuple[str, str]] = {}
-        self._counters: dict[str, Any] = {
-            "rejected_samples": {},
-            "reconnects": 0,
-            "router_errors": 0,
-            "dropped_frames": {},
-        }
+        self._own: dict[str, int] = {}  # counts made through ``count``
+        self._counter_sources: list[tuple[str, Callable[[], Mapping[str, int]]]] = [("stage", lambda: self._own)]
+        self._condition_sources: list[tuple[str, Callable[[], Mapping[str, str]]]] = []
         self._details: dict[str, Any] = {}
         self._wans: dict[str, dict[str, Any]] = {}
         self._fallbacks: dict[str, int] = {}
@@ -186,6 +179,7 @@ class Health:
             "Seconds since the stage last saw a message (NaN before the first)",
             registry=self.registry,
         ).set_function(self._last_age)
+        self.registry.register(_CountsCollector(self))
 
     @classmethod
     def from_config(cls, cfg: Config, stage: str, name: str | None = None) -> Health:
@@ -296,26 +290,19 @@ class Health:
         with self._lock:
             self._conditions.pop(name, None)
 
+    # Labelled metrics only: the counters of the health document and the
+    # heartbeat come from the stage's sources (``count_from``).
+
     def rejected(self, cause: str, wan: str = "") -> None:
-        with self._lock:
-            causes = self._counters["rejected_samples"]
-            causes[cause] = causes.get(cause, 0) + 1
         self.metrics.rejected_samples.labels(wan=wan, cause=cause).inc()
 
     def reconnected(self, peer: str) -> None:
-        with self._lock:
-            self._counters["reconnects"] += 1
         self.metrics.reconnects.labels(peer=peer).inc()
 
     def router_error(self, operation: str) -> None:
-        with self._lock:
-            self._counters["router_errors"] += 1
         self.metrics.router_errors.labels(operation=operation).inc()
 
     def dropped_frame(self, reason: str) -> None:
-        with self._lock:
-            drops = self._counters["dropped_frames"]
-            drops[reason] = drops.get(reason, 0) + 1
         self.metrics.dropped_frames.labels(reason=reason).inc()
 
     def router_request(self, operation: str, seconds: float, error: str | None = None) -> None:
@@ -328,8 +315,6 @@ class Health:
         """Bring the reconnect counter for ``peer`` up to a running ``total`` (e.g. a router link's)."""
         delta = total - self._synced.get(("reconnects", peer), 0)
         if delta > 0:
-            with self._lock:
-                self._counters["reconnects"] += delta
             self.metrics.reconnects.labels(peer=peer).inc(delta)
             self._synced[("reconnects", peer)] = total
 
@@ -339,16 +324,41 @@ class Health:
             total = totals.get(reason, 0)
             delta = total - self._synced.get(("dropped", reason), 0)
             if delta > 0:
-                with self._lock:
-                    drops = self._counters["dropped_frames"]
-                    drops[reason] = drops.get(reason, 0) + delta
                 self.metrics.dropped_frames.labels(reason=reason).inc(delta)
                 self._synced[("dropped", reason)] = total
 
     def count(self, name: str, n: int = 1) -> None:
-        """A stage-specific counter shown in the health JSON (e.g. ``decisions_written``)."""
+        """A counter of the stage's own (source ``stage``), e.g. ``decisions_written``."""
         with self._lock:
-            self._counters[name] = self._counters.get(name, 0) + n
+            self._own[name] = self._own.get(name, 0) + n
+
+    def count_from(self, label: str, source: Mapping[str, int] | Callable[[], Mapping[str, int]]) -> None:
+        """Add a flat ``{name: int}`` (or a callable returning one) to the stage's one counter namespace."""
+        read = source if callable(source) else (lambda: source)
+        with self._lock:
+            self._counter_sources.append((label, read))
+
+    def conditions_from(self, label: str, source: Callable[[], Mapping[str, str]], level: str = DEGRADED) -> None:
+        """Add ``source() -> {condition: reason}`` (a core's ``conditions``) at ``level``."""
+        if level not in (DEGRADED, FAILING):
+            raise ValueError(f"health: a condition level is degraded or failing, got {level!r}")
+        with self._lock:
+            self._condition_sources.append((label, lambda: {n: (level, r) for n, r in source().items()}))
+
+    def counters(self) -> dict[str, int]:
+        """The stage's counters: every source's, in one flat namespace; a key defined twice raises ValueError."""
+        with self._lock:
+            sources = list(self._counter_sources)
+        merged: dict[str, int] = {}
+        owner: dict[str, str] = {}
+        for label, read in sources:
+            for name, value in dict(read()).items():
+                if name in owner:
+                    raise ValueError(f"health of {self.stage}: counter {name!r} is defined by both "
+                                     f"{owner[name]!r} and {label!r}; one key must have one meaning")
+                owner[name] = label
+                merged[name] = int(value)
+        return merged
 
     def set_details(self, details: dict[str, Any]) -> None:
         """Replace the stage's own ``details``; must be JSON-serialisable (``observe_state`` fills ``wans``)."""
@@ -383,9 +393,6 @@ class Health:
         for cause, total in totals.items():
             delta = total - self._rejected_synced.get(cause, 0)
             if delta > 0:
-                with self._lock:
-                    causes = self._counters["rejected_samples"]
-                    causes[cause] = causes.get(cause, 0) + delta
                 self.metrics.rejected_samples.labels(wan=wan, cause=cause).inc(delta)
             self._rejected_synced[cause] = max(total, self._rejected_synced.get(cause, 0))
 
@@ -399,8 +406,14 @@ class Health:
     def snapshot(self) -> dict[str, Any]:
         """The health document served at ``/health``."""
         now = time.monotonic()
+        counters = self.counters()
         with self._lock:
-            conditions = dict(self._conditions)
+            sources = list(self._condition_sources)
+        from_sources = {}
+        for _, read in sources:
+            from_sources.update(dict(read()))
+        with self._lock:
+            conditions = {**from_sources, **self._conditions}
             for kind, max_age in self._expected.items():
                 age = now - self._seen_at[kind]
                 if age > max_age:
@@ -420,26 +433,31 @@ class Health:
                 "uptime_s": round(now - self._started, 3),
                 "started_wall": round(self._started_wall, 3),
                 "last_message": last,
-                "counters": json.loads(json.dumps(self._counters)),
+                "counters": counters,
                 "details": {**self._details, "wans": json.loads(json.dumps(self._wans))} if self._wans
                 else self._details,
             }
 
-    def flat_counters(self) -> dict[str, int]:
-        """The counters as ``name`` / ``name.cause`` integers, for the stage's heartbeat."""
-        with self._lock:
-            flat: dict[str, int] = {}
-            for name, value in self._counters.items():
-                if isinstance(value, dict):
-                    for cause, n in value.items():
-                        flat[f"{name}.{cause}"] = n
-                else:
-                    flat[name] = value
-            return flat
-
     def _last_age(self) -> float:
         with self._lock:
             return math.nan if self._last_at is None else time.monotonic() - self._last_at
+
+
+class _CountsCollector:
+    """``wanctl_stage_count{name=...}``: the stage's counters, rendered from the same sources as ``/health``."""
+
+    def __init__(self, health: Health) -> None:
+        self.health = health
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        family = GaugeMetricFamily("wanctl_stage_count", "The stage's counters (as in /health and its heartbeat)",
+                                   labels=["name"])
+        for name, value in sorted(self.health.counters().items()):
+            family.add_metric([name], value)
+        yield family
 
 
 class _IPv6Server(ThreadingHTTPServer):

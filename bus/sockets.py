@@ -1,4 +1,4 @@
-"""The message bus: endpoints, sockets, CURVE keys, frame decoding, and the proxy.
+"""The message bus as a client sees it: endpoints, sockets, CURVE, publishing, frame decoding.
 
 Every stage *connects* to two stable endpoints of one small proxy process
 (``wanctl-bus``): publishers to its XSUB side (``bus.publish``), subscribers to
@@ -16,19 +16,15 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable
 from pathlib import Path
 
 import msgspec
 import zmq
 
 from proto.config import Config, ConfigError, config_or_exit, resolve_path, router_password
-from proto.health import Health
-from proto.messages import KINDS, SCHEMA_VERSION, Heartbeat, Message, from_msgpack, to_msgpack, topic
+from proto.messages import KINDS, SCHEMA_VERSION, Message, from_msgpack, to_msgpack, topic
 
 log = logging.getLogger("wanctl.bus")
 
@@ -36,7 +32,6 @@ WELCOME = b"bus.welcome"
 SERVER_KEY = "server"
 CLIENT_KEY = "client"
 AUTHORIZED_DIR = "authorized"
-_KIND_LABELS = {kind.encode(): kind for kind in KINDS}  # topic kinds the proxy counts by name
 
 
 # --- endpoints ----------------------------------------------------------------
@@ -98,23 +93,6 @@ def ensure_run_dir(cfg: Config) -> Path:
 
 
 # --- CURVE --------------------------------------------------------------------
-
-
-def make_keys(keys_dir: str | os.PathLike) -> Path:
-    """Create the server and client key pairs and authorize the client key."""
-    import zmq.auth
-
-    keys = Path(keys_dir)
-    keys.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(keys, 0o700)
-    for name in (SERVER_KEY, CLIENT_KEY):
-        if not (keys / f"{name}.key_secret").exists():
-            zmq.auth.create_certificates(str(keys), name)
-        os.chmod(keys / f"{name}.key_secret", 0o600)
-    authorized = keys / AUTHORIZED_DIR
-    authorized.mkdir(exist_ok=True, mode=0o700)
-    (authorized / f"{CLIENT_KEY}.key").write_bytes((keys / f"{CLIENT_KEY}.key").read_bytes())
-    return keys
 
 
 def _curve_enabled(cfg: Config) -> bool:
@@ -236,12 +214,28 @@ def subscriber(ctx: zmq.Context, cfg: Config, prefixes: list[bytes]) -> zmq.Sock
     return sock
 
 
-def publish(sock: zmq.Socket, message: Message) -> None:
-    """Send one message as ``[topic, msgpack]``; never blocks (drops at the HWM)."""
+def publish(sock: zmq.Socket, message: Message) -> bool:
+    """Send one message as ``[topic, msgpack]``; never blocks: False if it was dropped at the HWM."""
     try:
         sock.send_multipart([topic(message), to_msgpack(message)], flags=zmq.NOBLOCK)
     except zmq.Again:
-        pass
+        return False
+    return True
+
+
+class Publisher:
+    """A publishing socket that counts what it sent and what it dropped at the HWM."""
+
+    def __init__(self, sock: zmq.Socket) -> None:
+        self.socket = sock
+        self.counters = {"published": 0, "publish_dropped": 0}
+
+    def send(self, message: Message) -> bool:
+        if publish(self.socket, message):
+            self.counters["published"] += 1
+            return True
+        self.counters["publish_dropped"] += 1
+        return False
 
 
 def wait_welcome(sock: zmq.Socket, timeout_s: float) -> bool:
@@ -253,6 +247,17 @@ def wait_welcome(sock: zmq.Socket, timeout_s: float) -> bool:
             if frames and frames[0] == WELCOME:
                 return True
     return False
+
+
+def pending_frames(sock: zmq.Socket, limit: int = 1000, copy: bool = True):
+    """The multipart messages ``sock`` holds right now, at most ``limit`` of them
+    (a burst is drained in slices so a loop stays responsive to SIGTERM)."""
+    for _ in range(limit):
+        try:
+            yield sock.recv_multipart(zmq.NOBLOCK, copy=copy)
+        except zmq.Again:
+            return
+
 
 
 # --- decoding -----------------------------------------------------------------
@@ -302,66 +307,6 @@ class FrameDecoder:
         return "malformed"
 
 
-# --- stage plumbing -------------------------------------------------------------
-
-
-class StopFlag:
-    """Set by SIGTERM/SIGINT; loops poll with short timeouts and check it."""
-
-    def __init__(self) -> None:
-        self.stopping = False
-        signal.signal(signal.SIGTERM, self._set)
-        signal.signal(signal.SIGINT, self._set)
-
-    def _set(self, signum, frame) -> None:
-        self.stopping = True
-
-
-class Heartbeats:
-    """``heartbeat.<stage>`` once per ``bus.heartbeat_s`` with the stage's counters."""
-
-    def __init__(self, stage: str, epoch: int, interval_s: float) -> None:
-        self.stage = stage
-        self.epoch = epoch
-        self.interval_s = interval_s
-        self.seq = 0
-        self.started = time.monotonic()
-        self.due = self.started
-
-    def maybe_send(self, sock: zmq.Socket, now: float, counters: dict[str, int], status: str = "ok") -> None:
-        if now < self.due:
-            return
-        self.due = now + self.interval_s
-        self.seq += 1
-        publish(sock, Heartbeat(
-            stage=self.stage, seq=self.seq, status=status, uptime_s=round(now - self.started, 3),
-            counters={k: int(v) for k, v in counters.items()}, source=self.stage, epoch=self.epoch,
-        ))
-
-
-def new_epoch() -> int:
-    """The start id of this process: wall-clock milliseconds (display and ordering only)."""
-    return time.time_ns() // 1_000_000
-
-
-def setup_logging(stage: str) -> None:
-    logging.basicConfig(
-        level=os.environ.get("WANCTL_LOG_LEVEL", "INFO"),
-        format=f"%(asctime)s {stage} %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
-
-
-def pending_frames(sock: zmq.Socket, limit: int = 1000, copy: bool = True):
-    """The multipart messages ``sock`` holds right now, at most ``limit`` of them
-    (a burst is drained in slices so a loop stays responsive to SIGTERM)."""
-    for _ in range(limit):
-        try:
-            yield sock.recv_multipart(zmq.NOBLOCK, copy=copy)
-        except zmq.Again:
-            return
-
-
 def load_stage_config(path: str | None, stage: str, *, needs_router: bool = False) -> Config:
     """Load and check the config, or print the problems and exit 2 (before any socket).
 
@@ -376,113 +321,3 @@ def load_stage_config(path: str | None, stage: str, *, needs_router: bool = Fals
             router_password(cfg)
 
     return config_or_exit(f"wanctl-{stage}", path, check=check)
-
-
-# --- the proxy ------------------------------------------------------------------
-
-
-def run_proxy(cfg: Config) -> int:
-    """Forward XSUB <-> XPUB until SIGTERM; publishes ``heartbeat.bus`` itself."""
-    stop = StopFlag()
-    ctx = zmq.Context()
-    auth = start_authenticator(ctx, cfg)
-    xsub = server_socket(ctx, zmq.XSUB, cfg, cfg.bus.publish)
-    xpub = _socket(ctx, zmq.XPUB, cfg, server=True)
-    xpub.sndhwm = xpub.rcvhwm = 100_000
-    xpub.setsockopt(zmq.XPUB_WELCOME_MSG, WELCOME)
-    ensure_run_dir(cfg)
-    addr = endpoint(cfg, cfg.bus.subscribe)
-    if addr.startswith("ipc://"):
-        try:
-            os.unlink(addr[len("ipc://"):])
-        except FileNotFoundError:
-            pass
-    xpub.bind(addr)
-    epoch = new_epoch()
-    beats = Heartbeats("bus", epoch, cfg.bus.heartbeat_s)
-    counters = {"forwarded": 0, "subscription_events": 0}
-    health = Health.for_stage(cfg, "bus")
-    by_kind: dict[bytes, list[int]] = {}  # topic kind -> [received, forwarded], flushed per burst
-    poller = zmq.Poller()
-    poller.register(xsub, zmq.POLLIN)
-    poller.register(xpub, zmq.POLLIN)
-    log.info("bus up: publishers -> %s, subscribers -> %s, curve=%s, health %s",
-             endpoint(cfg, cfg.bus.publish), addr, bool(auth), health.url or "off")
-    try:
-        while not stop.stopping:
-            events = dict(poller.poll(100))
-            if xsub in events:
-                for frames in pending_frames(xsub, copy=False):
-                    kind = frames[0].bytes.split(b".", 1)[0]
-                    tally = by_kind.get(kind)
-                    if tally is None:
-                        tally = by_kind.setdefault(kind if kind in _KIND_LABELS else b"other", [0, 0])
-                    tally[0] += 1
-                    try:
-                        xpub.send_multipart(frames, zmq.NOBLOCK, copy=False)
-                        tally[1] += 1
-                    except zmq.Again:
-                        health.dropped_frame("subscriber_hwm")
-                    counters["forwarded"] += 1
-                for kind, tally in by_kind.items():
-                    if tally[0]:
-                        health.saw(_KIND_LABELS.get(kind, "other"), tally[0])
-                        health.sent(_KIND_LABELS.get(kind, "other"), tally[1])
-                        tally[0] = tally[1] = 0
-            if xpub in events:
-                for frames in pending_frames(xpub):
-                    xsub.send_multipart(frames)
-                    counters["subscription_events"] += 1
-            now = time.monotonic()
-            if now >= beats.due:  # straight to the subscribers: the bus is its own proxy
-                beats.maybe_send(xpub, now, {**health.flat_counters(), **counters}, health.status)
-    finally:
-        health.stop()
-        xsub.close(0)
-        xpub.close(0)
-        if auth is not None:
-            auth.stop()
-        ctx.term()
-    log.info("bus stopped")
-    return 0
-
-
-def stage_command(stage: str, summary: str, start: Callable[[Config], int], *,
-                  needs_router: bool = False, argv: list[str] | None = None) -> None:
-    """The console script of a stage: ``--config PATH``, what supervisord runs.
-
-    A bad config exits with status 2 before ``start`` opens any socket.
-    """
-    import typer
-
-    app = typer.Typer(add_completion=False)
-
-    @app.command(help=summary)
-    def command(config: str = typer.Option(None, "--config", help="wanctl.yaml")) -> None:
-        setup_logging(stage)
-        cfg = load_stage_config(config, stage, needs_router=needs_router)
-        raise SystemExit(start(cfg))
-
-    app(argv)
-
-
-def bus_main(argv: list[str] | None = None) -> None:
-    stage_command("bus", "Run the XSUB/XPUB proxy every stage connects to.", run_proxy, argv=argv)
-
-
-def keys_main(argv: list[str] | None = None) -> None:
-    import typer
-
-    app = typer.Typer(add_completion=False)
-
-    @app.command()
-    def main(keys_dir: str = typer.Argument(..., help="directory for the CURVE keys (bus.keys_dir)")) -> None:
-        """Create the CURVE server and client keys used when bus endpoints are tcp://.
-
-        Copy the directory (mode 0700) to every host that runs a stage; a process
-        without client.key_secret cannot publish to or read from the bus.
-        """
-        keys = make_keys(keys_dir)
-        print(f"CURVE keys in {keys}: server.key(_secret), client.key(_secret), {AUTHORIZED_DIR}/client.key")
-
-    app(argv)

@@ -21,23 +21,6 @@ from proto.messages import Decision, from_json, to_json
 log = logging.getLogger("wanctl.decisionlog")
 
 
-REPLAY_LIMIT = 500  # decisions per replay reply
-
-
-class ReplayRequest(msgspec.Struct):
-    """Logger -> scorer journal socket (DEALER -> ROUTER), msgpack."""
-
-    after: int
-    limit: int = REPLAY_LIMIT
-
-
-class ReplayReply(msgspec.Struct):
-    """Scorer -> logger: journal lines after ``after``, at most ``limit`` of them."""
-
-    last_seq: int  # the journal's last seq: ask again while behind it
-    lines: list[bytes]  # Decision JSON lines with seq > after, in seq order
-
-
 def scan_lines(path: Path, visit=None) -> tuple[int, int, int]:
     """Stream a decision file's complete lines; returns (byte length to keep, last seq, bad lines).
 

@@ -16,8 +16,9 @@ from datetime import datetime
 import typer
 import zmq
 
-from proto import bus
+from bus import sockets
 from proto.messages import KINDS, Actuation, Decision, Heartbeat, Message, State, Telemetry, to_json
+from runtime.stop import StopFlag
 
 app = typer.Typer(add_completion=False)
 
@@ -107,13 +108,13 @@ def main(
         if k not in KINDS:
             print(f"wanctl-tap: --kind must be one of {', '.join(KINDS)}, got {k!r}", file=sys.stderr)
             raise typer.Exit(2)
-    cfg = bus.load_stage_config(config, "tap")
+    cfg = sockets.load_stage_config(config, "tap")
     wans = set(wan or [])
-    stop = bus.StopFlag()
+    stop = StopFlag()
     ctx = zmq.Context()
     # Subscribe by kind only: seqs count across WANs, so WAN filtering is local.
-    sub = bus.subscriber(ctx, cfg, [f"{k}.".encode() for k in kinds] or [b""])
-    decoder = bus.FrameDecoder()
+    sub = sockets.subscriber(ctx, cfg, [f"{k}.".encode() for k in kinds] or [b""])
+    decoder = sockets.FrameDecoder()
     seqs = SeqWatch()
     printed = 0
     connected = False
@@ -123,16 +124,16 @@ def main(
         while not stop.stopping and (count == 0 or printed < count):
             if not sub.poll(100, zmq.POLLIN):
                 if not connected and connect_timeout and time.monotonic() - started > connect_timeout:
-                    print(f"wanctl-tap: no answer from the bus at {bus.endpoint(cfg, cfg.bus.subscribe)} "
+                    print(f"wanctl-tap: no answer from the bus at {sockets.endpoint(cfg, cfg.bus.subscribe)} "
                           f"within {connect_timeout:g}s", file=sys.stderr)
                     raise typer.Exit(1)
                 continue
-            for frames in bus.pending_frames(sub):
+            for frames in sockets.pending_frames(sub):
                 if count and printed >= count:
                     break
-                if frames == [bus.WELCOME]:
+                if frames == [sockets.WELCOME]:
                     if not connected:
-                        print(f"wanctl-tap: connected to {bus.endpoint(cfg, cfg.bus.subscribe)}", file=sys.stderr)
+                        print(f"wanctl-tap: connected to {sockets.endpoint(cfg, cfg.bus.subscribe)}", file=sys.stderr)
                     connected = True
                     continue
                 connected = True

@@ -1,0 +1,1 @@
+"""``wanctl-report``: what the decisions in a logger file say about a period."""
