@@ -89,13 +89,24 @@ def decision_seqs(path: Path) -> list[int]:
     return out
 
 
+class StageFailed(AssertionError):
+    """A stage subprocess exited with an unexpected status or did not stop in time."""
+
+
 class Stage:
-    """One stage (console script) as a real subprocess, output to a file."""
+    """One stage (console script) as a real subprocess, output to a file.
+
+    ``stop`` fails (``StageFailed``, with the stage's output) when the stage
+    needs a SIGKILL to stop or exits with a status other than ``expect``.
+    """
+
+    STOP_TIMEOUT_S = 5.0
 
     def __init__(self, script: str, config: Path, log_dir: Path, *args: str, env: dict | None = None) -> None:
         self.name = script
         self.log_path = log_dir / f"{script}.{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "wb")
+        self.stop_s: float | None = None  # how long the last stop took
         self.proc = subprocess.Popen(
             [str(BIN / script), "--config", str(config), *args],
             stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
@@ -107,25 +118,57 @@ class Stage:
         return self.proc.pid
 
     def output(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def kill(self) -> None:
+        """SIGKILL on purpose (crash tests): its status is not checked."""
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(10)
+        self._log.close()
 
-    def stop(self, timeout: float = 5.0) -> int:
-        """SIGTERM, wait; SIGKILL if it does not stop in time. Returns the exit status."""
+    def stop(self, timeout: float | None = None, expect: int | None = 0) -> int:
+        """SIGTERM and wait; returns the exit status.
+
+        Fails if the stage is still running after ``timeout`` seconds (it is
+        then SIGKILLed) or if it exits with a status other than ``expect``
+        (``None`` accepts any; a stage that already exited is checked too).
+        """
+        timeout = self.STOP_TIMEOUT_S if timeout is None else timeout
+        slow = False
         if self.proc.poll() is None:
+            t0 = time.monotonic()
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                slow = True
                 self.proc.kill()
                 self.proc.wait(10)
-        self._log.close()
-        return self.proc.returncode
+            self.stop_s = time.monotonic() - t0
+        if not self._log.closed:
+            self._log.close()
+        status = self.proc.returncode
+        if slow:
+            raise StageFailed(f"{self.name} did not stop within {timeout:g} s of SIGTERM (killed)\n"
+                              f"{self.output()[-3000:]}")
+        if expect is not None and status != expect:
+            raise StageFailed(f"{self.name} exited with status {status}, expected {expect}\n{self.output()[-3000:]}")
+        return status
+
+
+def stop_all(stages) -> None:
+    """Stop every stage (each one, even after a failure); then fail with every stage that stopped badly."""
+    failures = []
+    for stage in reversed(list(stages)):
+        try:
+            stage.stop()
+        except StageFailed as error:
+            failures.append(str(error))
+    if failures:
+        raise StageFailed("\n\n".join(failures))
 
 
 class BusClient:
@@ -234,7 +277,7 @@ class Supervisor:
 
     def wait_running(self, names: list[str], timeout: float = 60.0) -> None:
         wait_for(lambda: all(self.status().get(n) == "RUNNING" for n in names), timeout,
-                 f"{names} RUNNING under supervisord (now {self.status()})", interval=0.3)
+                 lambda: f"{names} RUNNING under supervisord (now {self.status()})\n{self.logs()}", interval=0.3)
 
     def pid(self, name: str) -> int:
         out = self.ctl("pid", f"wanctl:{name}").strip()
@@ -262,11 +305,16 @@ class Supervisor:
                 self.proc.wait(10)
         self.proc = None
 
-    def logs(self) -> str:
+    def log_paths(self) -> list[Path]:
+        """The files supervisord writes: its own log and every program's ``stdout_logfile`` (under var/)."""
+        return sorted((self.dir / "var").glob("*.log"))
+
+    def logs(self, lines: int = 20) -> str:
+        """The last ``lines`` of every log, read now: pass ``sup.logs`` (not ``sup.logs()``) to ``wait_for``."""
         out = []
-        for path in sorted((self.dir / "var" / "log").glob("*.log")):
-            out.append(f"--- {path.name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-20:]))
-        return "\n".join(out)
+        for path in self.log_paths():
+            out.append(f"--- {path.name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
+        return "\n".join(out) or f"(no logs under {self.dir / 'var'})"
 
     def cleanup(self) -> None:
         self.stop()

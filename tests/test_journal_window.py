@@ -12,7 +12,7 @@ from proto.messages import Decision, from_json
 from scorer import process
 from scorer.process import ScorerCore
 from tests.supervisor_harness import load, short_tmp, write_config
-from tests.test_bus import congested, idle
+from tests.support import congested, idle
 
 
 def decision(seq: int) -> Decision:

@@ -16,7 +16,7 @@ from proto.messages import Decision, to_json
 from tests.supervisor_harness import (
     BusClient, Stage, decision_seqs, load, read_jsonl, short_tmp, wait_for, write_config,
 )
-from tests.test_bus import INSTANT, congested, idle
+from tests.support import INSTANT, congested, idle
 
 
 def decision(seq: int) -> Decision:

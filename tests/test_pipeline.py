@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
 import time
 
 import librouteros
@@ -19,9 +20,9 @@ import yaml
 
 from proto.messages import Actuation, Decision, Heartbeat, State, to_msgpack
 from tests.supervisor_harness import (
-    BusClient, Supervisor, decision_seqs, fast_scorer, free_port, read_jsonl, short_tmp, wait_for,
+    BIN, BusClient, Supervisor, decision_seqs, fast_scorer, free_port, read_jsonl, short_tmp, wait_for,
 )
-from tests.test_bus import congested
+from tests.support import congested
 
 STAGES = ["bus", "sim", "collector", "scorer", "actuator", "logger"]
 COMMENT = "wanctl-steer-wan1"
@@ -131,7 +132,7 @@ def test_end_to_end_steering_follows_the_scenario(pipeline):
             kinds = [d.decision for d in driving(decisions)]
             return "ENABLE_STEERING" in kinds and "DISABLE_STEERING" in kinds[kinds.index("ENABLE_STEERING"):]
 
-        wait_for(enable_and_disable, 45, f"ENABLE then DISABLE in {decisions}\n{sup.logs()}", interval=0.1)
+        wait_for(enable_and_disable, 45, lambda: f"ENABLE then DISABLE in {decisions}\n{sup.logs()}", interval=0.1)
         actuations = [m for m in client.drain(0) + client.seen if isinstance(m, Actuation)]
         applied = [(a.desired, a.observed) for a in actuations if a.result == "applied"]
         assert ("DEGRADED", "DEGRADED") in applied, actuations
@@ -214,15 +215,51 @@ def test_dry_run_swap_leaves_the_rule_alone(pipeline):
 
 
 def test_a_manual_change_on_the_router_is_reverted(pipeline):
+    """The rule turned on by hand during a GOOD stretch goes back off with no new decision in between:
+    the actuator's drift check did it, not the next episode's decisions."""
     sup, router = pipeline
     decisions = sup.dir / "var" / "decisions.jsonl"
     sup.wait_running(["actuator"])
-    # Wait for a steady GOOD stretch, turn the rule on by hand, and watch it go back.
-    wait_for(lambda: driving(decisions) and driving(decisions)[-1].state == "GOOD" and router.rule_enabled() is False,
-             30, "a GOOD stretch")
-    router.set_enabled(True)
-    wait_for(lambda: router.rule_enabled() is (driving(decisions)[-1].state == "DEGRADED"), 10,
-             "the actuator to put the rule back to the desired state")
+    client = BusClient(sup.cfg, [b"actuation."])
+    try:
+        client.connected()
+        for attempt in range(3):  # a new episode's ENABLE may race the revert; then try on the next GOOD stretch
+            # Right after a DISABLE: the rest of the GOOD stretch (about 4 s) is left for the revert.
+            count = len(driving(decisions))
+            wait_for(lambda: len(driving(decisions)) > count and driving(decisions)[-1].state == "GOOD"
+                     and router.rule_enabled() is False, 30, lambda: f"a fresh GOOD stretch in {decisions}")
+            good = driving(decisions)[-1]
+            client.drain(0)
+            client.seen.clear()
+            router.set_enabled(True)
+            assert router.rule_enabled() is True
+            wait_for(lambda: router.rule_enabled() is False, 10,
+                     lambda: f"the actuator to turn the rule back off (last decision #{driving(decisions)[-1].seq})")
+            if driving(decisions)[-1].seq != good.seq:
+                continue  # the next episode's decisions came first: not a proof
+            reverted = client.wait_message(
+                lambda m: isinstance(m, Actuation) and m.result == "applied" and m.desired == "GOOD"
+                and m.decision_seq == good.seq, 5, f"the applied actuation for decision #{good.seq}")
+            assert reverted.observed == "GOOD"
+            return
+        pytest.fail("every manual change raced a new decision; the revert was never shown alone")
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("script, holder", [("wanctl-actuator-noop", "actuator"), ("wanctl-actuator", "actuator"),
+                                            ("wanctl-collector", "collector"), ("wanctl-bus", "bus")])
+def test_a_second_instance_refuses_to_start_naming_the_holder(pipeline, script, holder):
+    """The no-op actuator cannot start beside the live one (one lock, ``actuator.lock``), nor any stage twice."""
+    sup, router = pipeline
+    sup.wait_running([holder])
+    pid = sup.pid(holder)
+    result = subprocess.run([str(BIN / script), "--config", str(sup.config_path)], cwd=str(sup.dir),
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1, result.stderr
+    assert f"another {script.removeprefix('wanctl-')} is running (pid {pid}, holding " in result.stderr
+    assert f"{holder}.lock" in result.stderr, result.stderr
+    assert sup.pid(holder) == pid and sup.status()[holder] == "RUNNING"
 
 
 def test_every_stage_stops_within_a_second_on_sigterm(pipeline):
@@ -251,7 +288,7 @@ def test_sigkill_every_stage_repeatedly_loses_and_repeats_nothing():
     rng = random.Random(11)
     client = None
     try:
-        wait_for(lambda: len(driving(var / "decisions.jsonl")) >= 1, 30, f"the first decision\n{sup.logs()}")
+        wait_for(lambda: len(driving(var / "decisions.jsonl")) >= 1, 30, lambda: f"the first decision\n{sup.logs()}")
         victims = ["bus", "collector", "scorer", "actuator", "logger"] * 2
         rng.shuffle(victims)
         killed = []
@@ -263,11 +300,11 @@ def test_sigkill_every_stage_repeatedly_loses_and_repeats_nothing():
         # One more full episode after the last kill.
         count = len(decision_seqs(var / "decisions.jsonl"))
         wait_for(lambda: {d.decision for d in driving(var / "decisions.jsonl")[count:]} >= {"ENABLE_STEERING"},
-                 40, f"an ENABLE after the kills\n{sup.logs()}")
+                 40, lambda: f"an ENABLE after the kills\n{sup.logs()}")
 
         journal = var / "scorer-journal.jsonl"
         wait_for(lambda: (var / "decisions.jsonl").read_bytes() == journal.read_bytes(), 30,
-                 f"decisions.jsonl to equal the scorer's journal\n{sup.logs()}")
+                 lambda: f"decisions.jsonl to equal the scorer's journal\n{sup.logs()}")
         seqs = decision_seqs(var / "decisions.jsonl")
         assert seqs == list(range(1, len(seqs) + 1))
         # No restart repeated or skipped a decision: each policy's decisions alternate.

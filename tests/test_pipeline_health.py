@@ -17,7 +17,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from runtime.health import STAGES as HEALTH_STAGES
-from tests.supervisor_harness import BIN, Supervisor, free_port, short_tmp, wait_for
+from proto.messages import Heartbeat
+from tests.supervisor_harness import BIN, BusClient, Supervisor, free_port, short_tmp, wait_for
 from tests.test_pipeline import SCENARIO, STAGES, driving, pipeline_config
 
 STALE_AFTER_S = 2.0
@@ -93,22 +94,54 @@ def test_the_harness_never_uses_the_default_ports(pipeline):
 
 
 def test_every_stage_answers_ok_once_the_pipeline_runs(pipeline):
+    """Each stage, polled on its own deadline, answers ok with what it lives on (a stage that blinks
+    degraded for a moment on a loaded machine is asked again, not failed)."""
     sup, endpoints = pipeline
-    docs = wait_for(endpoints.all_ok, 30, "every stage's /health to say ok", interval=0.2)
-    for stage, doc in docs.items():
+
+    def ok_with(stage: str, fact) -> dict | None:
+        answer = endpoints.health(stage)
+        if answer is None or answer[0] != 200 or answer[1]["status"] != "ok":
+            return None
+        return answer[1] if fact(answer[1]) else None
+
+    facts = {
+        "scorer": lambda doc: (doc["last_message"] or {}).get("kind") == "telemetry",
+        "actuator": lambda doc: (doc["last_message"] or {}).get("kind") == "state",
+        "collector": lambda doc: doc["details"].get("connected") is True,
+        "bus": lambda doc: doc["last_message"] is not None and doc["last_message"]["age_s"] < 10,
+        "logger": lambda doc: True,
+    }
+    for stage in HEALTH_STAGES:
+        doc = wait_for(lambda s=stage: ok_with(s, facts[s]), 30,
+                       lambda s=stage: f"{s}'s /health to say ok\n{endpoints.describe()}", interval=0.2)
         assert doc["stage"] == stage and doc["reasons"] == {} and doc["uptime_s"] > 0, doc
-        assert {"rejected_samples", "reconnects", "router_errors", "dropped_frames"} <= set(doc["counters"]), doc
-    # Each stage has seen what it lives on, recently.
-    assert docs["scorer"]["last_message"]["kind"] == "telemetry"
-    assert docs["actuator"]["last_message"]["kind"] == "state"
-    assert docs["collector"]["details"]["connected"] is True
-    assert docs["bus"]["last_message"]["age_s"] < 10
+        assert doc["counters"] and all(isinstance(v, int) for v in doc["counters"].values()), doc
+
+
+def test_heartbeat_and_health_render_the_same_counters(pipeline):
+    """For every stage: the heartbeat's counters and /health's are one namespace (same keys), read
+    from the same sources (a later /health never shows less than the heartbeat before it)."""
+    sup, endpoints = pipeline
+    client = BusClient(sup.cfg, [b"heartbeat."])
+    try:
+        client.connected()
+        for stage in HEALTH_STAGES:
+            beat = client.wait_message(lambda m, s=stage: isinstance(m, Heartbeat) and m.stage == s, 15,
+                                       f"a heartbeat from the {stage}")
+            answer = wait_for(lambda s=stage: endpoints.health(s), 10, f"{stage}'s /health")
+            counters = answer[1]["counters"]
+            assert set(beat.counters) == set(counters), (stage, set(beat.counters) ^ set(counters))
+            behind = {k: (v, counters[k]) for k, v in beat.counters.items() if counters[k] < v}
+            assert not behind, (stage, behind)
+            assert beat.status in ("ok", "degraded", "failing")
+    finally:
+        client.close()
 
 
 def test_wanctl_status_lists_every_stage_and_exits_0(pipeline):
     sup, endpoints = pipeline
     result = wait_for(lambda: (r := status(sup, "--json")).returncode == 0 and r, 30,
-                      f"wanctl-status --json to exit 0\n{endpoints.describe()}", interval=0.5)
+                      lambda: f"wanctl-status --json to exit 0\n{endpoints.describe()}", interval=0.5)
     report = json.loads(result.stdout)
     assert report["ok"] is True and set(report["stages"]) == set(HEALTH_STAGES)
     assert all(doc["status"] == "ok" for doc in report["stages"].values())
@@ -122,7 +155,7 @@ def test_wanctl_status_lists_every_stage_and_exits_0(pipeline):
 def test_metrics_are_scraped_and_parsed_after_a_decision(pipeline):
     sup, endpoints = pipeline
     decisions = sup.dir / "var" / "decisions.jsonl"
-    wait_for(lambda: driving(decisions), 40, f"a driving decision in {decisions}\n{sup.logs()}", interval=0.2)
+    wait_for(lambda: driving(decisions), 40, lambda: f"a driving decision in {decisions}\n{sup.logs()}", interval=0.2)
     first = driving(decisions)[0]
     direction = "enable" if first.decision == "ENABLE_STEERING" else "disable"
 
@@ -169,7 +202,7 @@ def test_stopping_the_collector_degrades_the_scorer_until_it_is_back(pipeline):
             answer = endpoints.health("scorer")
             return answer is not None and answer[0] == 503 and answer[1]
 
-        doc = wait_for(scorer_stale, 10 * STALE_AFTER_S, f"the scorer to turn degraded\n{endpoints.describe()}",
+        doc = wait_for(scorer_stale, 10 * STALE_AFTER_S, lambda: f"the scorer to turn degraded\n{endpoints.describe()}",
                        interval=0.2)
         assert doc["status"] == "degraded"
         assert doc["reasons"]["stale_telemetry"].startswith("no telemetry for "), doc["reasons"]
@@ -183,7 +216,7 @@ def test_stopping_the_collector_degrades_the_scorer_until_it_is_back(pipeline):
         out = sup.ctl("start", "wanctl:collector")
     assert "started" in out, out
     doc = wait_for(lambda: (a := endpoints.health("scorer")) is not None and a[0] == 200 and a[1], 30,
-                   f"the scorer to be ok again\n{endpoints.describe()}", interval=0.2)
+                   lambda: f"the scorer to be ok again\n{endpoints.describe()}", interval=0.2)
     assert doc["status"] == "ok" and "stale_telemetry" not in doc["reasons"]
     wait_for(lambda: status(sup).returncode == 0, 30, "wanctl-status to exit 0 again", interval=0.5)
 
@@ -195,7 +228,7 @@ def test_the_no_op_actuator_answers_on_the_actuator_port(pipeline):
         assert "started" in sup.ctl("start", "wanctl:actuator-noop")
         doc = wait_for(lambda: (a := endpoints.health("actuator")) is not None and a[1]["stage"] == "actuator-noop"
                        and a[0] == 200 and a[1]["details"].get("rules") and a[1], 30,
-                       f"actuator-noop's health on the actuator port\n{endpoints.describe()}", interval=0.2)
+                       lambda: f"actuator-noop's health on the actuator port\n{endpoints.describe()}", interval=0.2)
         assert doc["details"]["dry_run"] is True
         assert doc["details"]["rules"]["wan1"]["result"] == "dry_run"
     finally:

@@ -12,7 +12,7 @@ import pytest
 from runtime.storage import read_lines
 from scorer.process import ScorerCore
 from tests.supervisor_harness import load, short_tmp, write_config
-from tests.test_bus import congested, idle
+from tests.support import congested, idle
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from proto.config import parse_config
 from runtime.health import Health
 from scorer.process import EngineMetrics, ScorerCore
 from tests.supervisor_harness import load, short_tmp, write_config
-from tests.test_bus import congested, idle
+from tests.support import congested, idle
 
 
 def samples(h: Health) -> dict[tuple[str, tuple], float]:

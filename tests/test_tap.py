@@ -15,7 +15,7 @@ from proto.messages import Decision, Heartbeat
 from tests.supervisor_harness import (
     BIN, BusClient, Stage, decision_seqs, load, short_tmp, wait_for, write_config,
 )
-from tests.test_bus import congested, idle
+from tests.support import congested, idle
 
 
 @pytest.fixture
