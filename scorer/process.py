@@ -31,7 +31,9 @@ import zmq
 
 from bus import sockets
 from proto.config import Config, resolve_path
-from proto.messages import REPLAY_LIMIT, ENABLE, Decision, ReplayReply, ReplayRequest, State, Telemetry, from_json, to_json
+from proto.messages import (
+    ENABLE, REPLAY_LIMIT, Decision, ReplayReply, ReplayRequest, State, Telemetry, from_json, to_json,
+)
 from runtime.health import Health
 from runtime.stage import Stage, stage_command
 from runtime.storage import DecisionJournal, write_atomic
