@@ -83,7 +83,8 @@ class RoleLock:
             raw = os.pread(fd, 32, 0)
             os.close(fd)
             pid = int(raw) if raw.strip().isdigit() else None
-            raise AlreadyRunning(self.role, self.path, pid) from None
+            holder_role = "actuator or actuator-noop" if self.path.stem == "actuator" else self.role
+            raise AlreadyRunning(holder_role, self.path, pid) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd

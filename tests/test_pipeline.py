@@ -257,7 +257,8 @@ def test_a_second_instance_refuses_to_start_naming_the_holder(pipeline, script, 
     result = subprocess.run([str(BIN / script), "--config", str(sup.config_path)], cwd=str(sup.dir),
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 1, result.stderr
-    assert f"another {script.removeprefix('wanctl-')} is running (pid {pid}, holding " in result.stderr
+    role = "actuator or actuator-noop" if holder == "actuator" else holder
+    assert f"another {role} is running (pid {pid}, holding " in result.stderr, result.stderr
     assert f"{holder}.lock" in result.stderr, result.stderr
     assert sup.pid(holder) == pid and sup.status()[holder] == "RUNNING"
 

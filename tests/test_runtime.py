@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import urllib.request
 
@@ -41,6 +42,7 @@ def test_the_live_and_the_no_op_actuator_share_one_lock(tmp_path):
         with pytest.raises(AlreadyRunning) as refused:
             RoleLock(tmp_path, "actuator-noop").acquire()
         assert refused.value.path == tmp_path / "actuator.lock"
+        assert f"another actuator or actuator-noop is running (pid {os.getpid()}" in str(refused.value)
     finally:
         live.release()
     noop = RoleLock(tmp_path, "actuator-noop").acquire()
