@@ -28,7 +28,7 @@ import math
 import time
 from dataclasses import dataclass
 
-from collector.routeros import Backoff, RouterLink, RouterTrap, RouterUnreachable
+from routeros.link import Backoff, RouterLink, RouterTrap, RouterUnreachable
 from proto.config import Config, Wan
 from proto.messages import DEGRADED, GOOD, Actuation
 

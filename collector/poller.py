@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from collector.probe import IcmpProbe
-from collector.routeros import RouterLink, RouterTrap, RouterUnreachable, parse_duration
+from routeros.link import RouterLink, RouterTrap, RouterUnreachable, parse_duration
 from proto.config import Config, Wan, resolve_path
 from proto.messages import CAKE_STATES, Telemetry
 
