@@ -132,10 +132,12 @@ class Router(Section):
 
     With no ``host`` the built-in simulator is meant: 127.0.0.1 on ``port``
     (or 8728), user admin, password admin unless ``password_env`` names a set
-    variable or ``password_file`` is given.  ``timeout_s`` bounds every read
-    (librouteros socket timeout); after any timeout or socket error the
-    connection is discarded and a new one is made with exponential backoff
-    from ``backoff_initial_s`` up to ``backoff_max_s``.
+    variable or ``password_file`` is given.  ``timeout_s`` bounds the whole
+    reply of every command, ``max_reply_bytes`` and ``max_reply_sentences``
+    its size; after any timeout, socket error or malformed or oversized reply
+    the connection is discarded and a new one is made with exponential backoff
+    from ``backoff_initial_s`` up to ``backoff_max_s`` (reset only by a command
+    that succeeds).
     """
 
     host: str | None = None
@@ -150,6 +152,8 @@ class Router(Section):
     timeout_s: Positive = 3.0
     backoff_initial_s: Positive = 0.5
     backoff_max_s: Positive = 30.0
+    max_reply_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 30)] = 262144  # per command
+    max_reply_sentences: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1000  # per command
 
 
 class Wan(Section):
