@@ -35,6 +35,9 @@ class Telemetry(msgspec.Struct, tag="telemetry", tag_field="kind", kw_only=True,
     wan_zone: str | None = None
     cake_state: str | None = None
     steering_active: bool | None = None
+    queue_delay_ms: float | None = None
+    rtt_status: str | None = None
+    loss_pct: float | None = None
 
 
 class Decision(msgspec.Struct, tag="decision", tag_field="kind", kw_only=True, gc=False):
