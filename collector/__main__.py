@@ -54,7 +54,7 @@ def run(cfg: Config, password: str | None) -> int:
     try:
         while not stop.stopping:
             now = time.monotonic()
-            for sample in collector.poll_due(now):
+            for sample in collector.poll_due(now, stop=lambda: stop.stopping):
                 bus.publish(pub, sample)
                 published += 1
                 health.sent("telemetry")
