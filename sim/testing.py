@@ -196,6 +196,15 @@ class SimRouter:
     def drop_sessions(self) -> None:
         self.call(self.server.drop_sessions)
 
+    def hostile(self, mode: str, on: bool = True) -> None:
+        self.call(self.server.hostile, mode, on)
+
+    def lose_target(self, address: str, on: bool = True) -> None:
+        """Every probe to ``address`` is lost (a reflector that stopped answering) while on."""
+        def apply():
+            (self.router.lost_targets.add if on else self.router.lost_targets.discard)(address)
+        self.call(apply)
+
     def fatal(self, reason: str = "session terminated on request") -> None:
         self.call(self.server.fatal, reason)
 
