@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from collector.probe import IcmpProbe
-from routeros.link import Command, LinkStopped, RouterLink, RouterTrap, RouterUnreachable, clip, parse_duration
+from routeros.link import Backoff, Command, LinkStopped, RouterLink, RouterTrap, RouterUnreachable, clip, parse_duration
 from proto.config import Config, Wan, resolve_path
 from proto.messages import CAKE_STATES, Telemetry
 
@@ -140,6 +140,9 @@ class WanPoll:
     last_t: float = float("-inf")
     problems: dict[str, str] = field(default_factory=dict)  # what is wrong now, to log changes once
     probes: dict[str, IcmpProbe] = field(default_factory=dict)
+    backoff: Backoff | None = None  # after a refused command (!trap), this WAN's commands wait
+    quiet_until: float = float("-inf")
+    trapped: bool = False  # a command of this round was refused
 
 
 def _median(values: list[float]) -> float:
@@ -168,7 +171,8 @@ class Collector:
             entry = saved.get(w.name) or {}
             value = entry.get("baseline_rtt_ms") if entry.get("targets") == targets else None
             self.wans.append(WanPoll(wan=w, due=start, targets=targets,
-                                     baseline=BaselineRtt(c.baseline_down_alpha, c.baseline_up_alpha, value)))
+                                     baseline=BaselineRtt(c.baseline_down_alpha, c.baseline_up_alpha, value),
+                                     backoff=Backoff(cfg.router.backoff_initial_s, cfg.router.backoff_max_s)))
         self._saved = {w.wan.name: w.baseline.value for w in self.wans}
         self._saved_at = start
         self._counters = {"polls": 0, "rounds": 0, "rounds_cut": 0, "samples_with_nulls": 0, "samples_unavailable": 0,
@@ -231,6 +235,10 @@ class Collector:
             self._counters["rounds_cut"] += 1
         samples = []
         for w in polled:
+            if w.trapped:  # refused: no more commands for this WAN until its backoff has passed
+                w.quiet_until = self.clock() + w.backoff.next()
+            elif w.quiet_until <= self.clock() and fields[w.wan.name].get("rtt_status") != "unavailable":
+                w.backoff.reset()
             try:
                 sample = self._finish(w, times[w.wan.name], fields[w.wan.name])
             except Exception:
@@ -321,6 +329,10 @@ class Collector:
         wan = w.wan
         fields: dict = {}
         t: float | None = None
+        w.trapped = False
+        if self.clock() < w.quiet_until:
+            w.last = None
+            return None, {"rtt_status": "unavailable"}
         if not self.link.ensure(self.clock(), deadline):
             self._note(w, "router", f"router unreachable: {self.link.last_error}; samples carry nulls")
             w.last = None
@@ -330,7 +342,9 @@ class Collector:
         try:
             t, drops, depth, delay = self._read_queue(w, deadline)
             fields.update(drops_per_sec=drops, queue_depth_pct=depth, queue_delay_ms=delay)
-            if wan.rule_comment:
+            if w.trapped:
+                fields["rtt_status"] = "unavailable"
+            elif wan.rule_comment:
                 fields["steering_active"] = self._read_rule(w, deadline)
         except LinkStopped:
             raise
@@ -380,6 +394,7 @@ class Collector:
                                  f"?=name={wan.queue}", deadline=deadline)
         except RouterTrap as error:
             self._counters["router_errors"] += 1
+            w.trapped = True
             self._note(w, "queue", f"/queue/tree/print for queue {wan.queue!r} refused: {error}")
             w.last = None
             return None, None, None, None
@@ -494,6 +509,8 @@ class Collector:
                         continue
                     probes[i] = rtt
             results.append(probes)
+        if refused:
+            w.trapped = True
         if len(refused) == len(replies):
             self._counters["router_errors"] += 1
             self._note(w, "ping", "; ".join(refused))
@@ -537,6 +554,7 @@ class Collector:
             rows = self.link.run("/ip/firewall/mangle/print", "=.proplist=.id,comment,disabled",
                                  f"?=comment={wan.rule_comment}", deadline=deadline)
         except RouterTrap as error:
+            w.trapped = True
             self._note(w, "rule", f"/ip/firewall/mangle/print refused: {error}")
             return None
         rows = [row for row in rows if row.get("comment") == wan.rule_comment]
