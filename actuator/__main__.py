@@ -24,16 +24,12 @@ log = logging.getLogger("wanctl.actuator")
 
 
 class ActuatorHealth:
-    """The last actuation of every WAN as conditions (a rule that cannot be driven) and details."""
+    """The last actuation of every WAN, as health details (conditions come from the core itself)."""
 
     def __init__(self, actuator, dry_run: bool) -> None:
         self.actuator = actuator
         self.dry_run = dry_run
         self.last: dict[str, Actuation] = {}
-
-    def conditions(self) -> dict[str, str]:
-        """A WAN whose rule cannot be driven, until a later actuation of that WAN succeeds."""
-        return {f"{wan}_rule": a.error for wan, a in self.last.items() if a.error is not None}
 
     def details(self) -> dict:
         return {"dry_run": self.dry_run, "router": self.actuator.link.where, "rules": {
@@ -56,7 +52,7 @@ def run(cfg: Config, password: str | None, *, dry_run: bool, stage: str) -> int:
         rt.count_from("actuator", lambda: actuator.counters)
         rt.count_from("shell", counters)
         # In a dry run a rule that cannot be read is degraded; live, a rule that cannot be driven is failing.
-        health.conditions_from("rules", view.conditions, DEGRADED if dry_run else FAILING)
+        health.conditions_from("rules", actuator.conditions, DEGRADED if dry_run else FAILING)
         health.expect("state")  # the scorer re-publishes every WAN's state at least once a second
         actuator.link.observer = health.router_request
         while not rt.stopping:

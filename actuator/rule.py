@@ -11,6 +11,10 @@ due and returns one ``Actuation`` per thing it did:
   when the read-back matches, ``already`` when it already did, ``failed``
   (error names the WAN and the rule comment) after ``verify_retries`` extra
   rounds or on a router error, retried with capped exponential backoff;
+  verify rounds are scheduled ``verify_delay_s`` apart on the core's clock
+  (``next_due``), never slept inside the core;
+- each WAN is handled on its own: one WAN failing never delays or aborts
+  another; a failure is logged once when it starts and once when it ends;
 - every ``drift_check_s``, and right after every reconnect (the router may
   have rebooted and reverted the rule), a read; a rule changed behind our
   back is re-asserted and reported as ``applied``.
@@ -25,10 +29,11 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass
 
-from collector.routeros import Backoff, RouterLink, RouterTrap, RouterUnreachable
+from routeros.link import Backoff, RouterLink, RouterTrap, RouterUnreachable, clip
 from proto.config import Config, Wan
 from proto.messages import DEGRADED, GOOD, Actuation
 
@@ -59,6 +64,9 @@ class RuleDrive:
     rule_id: str | None = None
     observed: str | None = None
     reported_observed: str | None = None  # dry run: what the last result showed
+    rounds: int = 0  # set + read-back rounds of the pending desire so far
+    renumbered: int = 0  # "no such item" answers to a set in a row
+    failure: str | None = None  # the current failure, logged once when it starts
 
 
 class Actuator:
@@ -75,7 +83,7 @@ class Actuator:
         self._generation = 0
         self._counters = {"wants": 0, "changes": 0, "applied": 0, "already": 0, "dry_run": 0, "failed": 0,
                           "writes": 0, "verify_retries": 0, "drift": 0, "rule_missing": 0, "rule_duplicate": 0,
-                          "rule_id_changes": 0, "unknown_wan": 0, "invalid_desired": 0, "internal_errors": 0}
+                          "rule_id_changes": 0, "rule_foreign": 0, "unknown_wan": 0, "invalid_desired": 0, "internal_errors": 0}
 
     @property
     def counters(self) -> dict[str, int]:
@@ -91,7 +99,9 @@ class Actuator:
             return
         if desired not in (GOOD, DEGRADED):
             self._counters["invalid_desired"] += 1
-            log.error("%s: desired state must be GOOD or DEGRADED, got %r; ignored", wan, desired)
+            if self._counters["invalid_desired"] in (1, 10, 100, 1000) or self._counters["invalid_desired"] % 10000 == 0:
+                log.error("%s: desired state must be GOOD or DEGRADED, got %r; ignored (%d so far)", clip(wan, 40),
+                          clip(desired, 40), self._counters["invalid_desired"])
             return
         self._counters["wants"] += 1
         drive.decision_seq = decision_seq
@@ -101,6 +111,7 @@ class Actuator:
         drive.desired = desired
         drive.pending = True
         drive.due = self.clock()
+        drive.rounds = 0
         drive.backoff.reset()
 
     def next_due(self) -> float:
@@ -110,27 +121,39 @@ class Actuator:
     # --- doing -------------------------------------------------------------------
 
     def step(self, now: float) -> list[Actuation]:
+        """Do what is due at ``now``; ``next_due()`` says when to call again.  Each WAN is handled on
+        its own: one failing (or raising) never delays or aborts another."""
         results: list[Actuation] = []
-        try:
-            for drive in self.wans.values():
-                if drive.desired is None:
-                    continue
+        for drive in self.wans.values():
+            if drive.desired is None:
+                continue
+            try:
+                result = None
                 if drive.pending and now >= drive.due:
-                    results.append(self._apply(drive, now))
+                    result = self._apply(drive, now)
                 elif not drive.pending and now >= drive.next_check:
                     result = self._check(drive, now)
-                    if result is not None:
-                        results.append(result)
-                # A new connection may be to a rebooted router: look at every rule now.
-                if self.link.generation != self._generation:
-                    self._generation = self.link.generation
-                    for other in self.wans.values():
-                        if other is not drive and not other.pending:
-                            other.next_check = min(other.next_check, now)
-        except Exception:
-            self._counters["internal_errors"] += 1
-            log.exception("actuator step failed")
+                if result is not None:
+                    results.append(result)
+            except Exception:
+                self._counters["internal_errors"] += 1
+                log.exception("%s: actuator step failed", drive.wan.name)
+                drive.due = now + drive.backoff.next()
+            # A new connection may be to a rebooted router: look at every rule now.
+            if self.link.generation != self._generation:
+                self._generation = self.link.generation
+                for other in self.wans.values():
+                    if other is not drive and not other.pending:
+                        other.next_check = min(other.next_check, now)
         return results
+
+    def conditions(self) -> dict[str, str]:
+        """Failing conditions -> reason: the router link, and every WAN whose rule cannot be driven."""
+        out = dict(self.link.conditions())
+        for drive in self.wans.values():
+            if drive.failure is not None:
+                out[f"{drive.wan.name}_rule"] = drive.failure
+        return out
 
     def close(self) -> None:
         self.link.close()
@@ -146,49 +169,80 @@ class Actuator:
         if not self.link.ensure(now):
             raise RouterUnreachable(self.link.last_error or f"not connected to {self.link.where}")
 
-    def _apply(self, drive: RuleDrive, now: float) -> Actuation:
+    def _fail(self, drive: RuleDrive, now: float, error: Exception) -> Actuation:
+        """A failed attempt: retried after the WAN's backoff (and the link's), logged once per condition."""
+        if isinstance(error, RouterUnreachable):
+            drive.observed = None
+        drive.rounds = 0
+        text = self._error_text(drive, error)
+        if self.dry_run:
+            # Nothing to retry: a dry run never writes.  Say why nothing could be read.
+            drive.pending = False
+            drive.next_check = now + self.cfg.actuator.drift_check_s
+            drive.reported_observed = drive.observed
+            return self._result(drive, "dry_run", text)
+        delay = drive.backoff.next()
+        drive.due = max(now + delay, self.link.next_attempt if not self.link.connected else now)
+        if text != drive.failure:
+            log.error("%s; retrying with backoff (%.1f s now, up to %.1f s)", text, delay, drive.backoff.maximum)
+        drive.failure = text
+        return self._result(drive, "failed", text)
+
+    def _succeed(self, drive: RuleDrive, now: float, result: str) -> Actuation:
+        if drive.failure is not None:
+            log.info("%s: mangle rule %r can be driven again", drive.wan.name, clip(drive.wan.rule_comment))
+        drive.failure = None
+        drive.pending = False
+        drive.rounds = 0
+        drive.backoff.reset()
+        drive.next_check = now + self.cfg.actuator.drift_check_s
+        return self._result(drive, result)
+
+    def _apply(self, drive: RuleDrive, now: float) -> Actuation | None:
+        """One attempt at the pending desire: a result, or None when a verify round is scheduled."""
         wan, comment = drive.wan.name, drive.wan.rule_comment
         try:
             self._connect(now)
             rule_id, disabled = self._find(drive)
             drive.observed = observed_state(disabled)
             if self.dry_run:
-                result = "dry_run"
                 drive.reported_observed = drive.observed
-            elif drive.observed == drive.desired:
-                result = "already"
-            else:
-                self._write(drive, rule_id)
-                result = "applied"
-                log.info("%s: mangle rule %r %s (steering %s, decision %d)", wan, comment,
-                         "enabled" if drive.desired == DEGRADED else "disabled",
-                         "on" if drive.desired == DEGRADED else "off", drive.decision_seq)
+                return self._succeed(drive, now, "dry_run")
+            if drive.observed == drive.desired:
+                return self._succeed(drive, now, "applied" if drive.rounds else "already")
+            rounds = 1 + self.cfg.actuator.verify_retries
+            if drive.rounds >= rounds:
+                state = "disabled" if drive.observed == GOOD else "enabled"
+                raise RuleError(f"{wan}: mangle rule {comment!r} still {state} after {rounds} set and read-back "
+                                f"rounds; desired {drive.desired}")
+            if drive.rounds:
+                self._counters["verify_retries"] += 1
+            drive.rounds += 1
+            while not self._write(drive, rule_id):
+                rule_id, _ = self._find(drive)  # renumbered between the lookup and the set (a reboot)
+            _, disabled = self._find(drive)
+            drive.observed = observed_state(disabled)
+            if drive.observed != drive.desired:
+                if drive.rounds >= rounds:
+                    state = "disabled" if drive.observed == GOOD else "enabled"
+                    raise RuleError(f"{wan}: mangle rule {comment!r} still {state} after {rounds} set and "
+                                    f"read-back rounds; desired {drive.desired}")
+                drive.due = now + self.cfg.actuator.verify_delay_s  # verify again on the clock, no sleep
+                return None
+            log.info("%s: mangle rule %r %s (steering %s, decision %d)", wan, comment,
+                     "enabled" if drive.desired == DEGRADED else "disabled",
+                     "on" if drive.desired == DEGRADED else "off", drive.decision_seq)
+            return self._succeed(drive, now, "applied")
         except (RuleError, RouterTrap, RouterUnreachable) as error:
-            if isinstance(error, RouterUnreachable):
-                drive.observed = None
-            if self.dry_run:
-                # Nothing to retry: a dry run never writes.  Say why nothing could be read.
-                drive.pending = False
-                drive.next_check = now + self.cfg.actuator.drift_check_s
-                drive.reported_observed = drive.observed
-                return self._result(drive, "dry_run", self._error_text(drive, error))
-            delay = drive.backoff.next()
-            drive.due = now + delay
-            text = self._error_text(drive, error)
-            log.error("%s; retrying in %.1f s", text, delay)
-            return self._result(drive, "failed", text)
-        drive.pending = False
-        drive.backoff.reset()
-        drive.next_check = now + self.cfg.actuator.drift_check_s
-        return self._result(drive, result)
+            return self._fail(drive, now, error)
 
     def _error_text(self, drive: RuleDrive, error: Exception) -> str:
-        wan, comment = drive.wan.name, drive.wan.rule_comment
+        wan, comment = drive.wan.name, clip(drive.wan.rule_comment)
         if isinstance(error, RuleError):
-            return str(error)
+            return clip(error, 400)
         if isinstance(error, RouterTrap):
-            return f"{wan}: router refused a command on mangle rule {comment!r}: {error}"
-        return f"{wan}: cannot reach the router for mangle rule {comment!r}: {error}"
+            return f"{wan}: router refused a command on mangle rule {comment!r}: {clip(error)}"
+        return f"{wan}: cannot reach the router for mangle rule {comment!r}: {clip(error)}"
 
     def _check(self, drive: RuleDrive, now: float) -> Actuation | None:
         """Look for drift; re-assert (or report, in a dry run) when the rule changed behind our back."""
@@ -203,6 +257,7 @@ class Actuator:
         except (RuleError, RouterTrap):
             drive.pending = True
             drive.due = now
+            drive.rounds = 0
             return self._apply(drive, now)
         drive.observed = observed_state(disabled)
         drive.next_check = now + self.cfg.actuator.drift_check_s
@@ -219,53 +274,51 @@ class Actuator:
                     "enabled" if drive.observed == DEGRADED else "disabled", drive.desired)
         drive.pending = True
         drive.due = now
+        drive.rounds = 0
         return self._apply(drive, now)
 
     def _find(self, drive: RuleDrive) -> tuple[str, bool]:
-        """The id and ``disabled`` of the one rule with the WAN's comment; RuleError if not exactly one."""
+        """The id and ``disabled`` of the one rule with exactly the WAN's comment; RuleError if not exactly one."""
         wan, comment = drive.wan.name, drive.wan.rule_comment
         if not comment:
             raise RuleError(f"{wan}: no rule_comment configured (wans[].rule_comment); nothing written")
         rows = self.link.run(f"{MANGLE}/print", "=.proplist=.id,comment,disabled", f"?=comment={comment}")
+        foreign = [r for r in rows if r.get("comment") != comment]
+        rows = [r for r in rows if r.get("comment") == comment]
+        if foreign:
+            self._counters["rule_foreign"] += len(foreign)
         if not rows:
             self._counters["rule_missing"] += 1
-            raise RuleError(f"{wan}: no mangle rule with comment {comment!r} in {MANGLE}; nothing written")
+            extra = f" (the router answered {len(foreign)} rule(s) with other comments)" if foreign else ""
+            raise RuleError(f"{wan}: no mangle rule with comment {comment!r} in {MANGLE}{extra}; nothing written")
         if len(rows) > 1:
             self._counters["rule_duplicate"] += 1
-            ids = ", ".join(str(r.get(".id")) for r in rows)
+            ids = ", ".join(clip(r.get(".id"), 20) for r in rows[:10])
             raise RuleError(f"{wan}: {len(rows)} mangle rules have the comment {comment!r} ({ids}); "
                             "refusing to guess, nothing written")
         row = rows[0]
-        rule_id, disabled = str(row.get(".id")), row.get("disabled")
+        rule_id, disabled = row.get(".id"), row.get("disabled")
+        if not isinstance(rule_id, str) or not re.fullmatch(r"\*[0-9A-Fa-f]{1,16}", rule_id):
+            raise RuleError(f"{wan}: mangle rule {comment!r} has no usable id: {clip(rule_id, 40)!r}; nothing written")
         if not isinstance(disabled, bool):
-            raise RuleError(f"{wan}: mangle rule {comment!r} ({rule_id}) has no readable disabled flag: {disabled!r}")
+            raise RuleError(f"{wan}: mangle rule {comment!r} ({rule_id}) has no readable disabled flag: "
+                            f"{clip(disabled, 40)!r}")
         if drive.rule_id is not None and drive.rule_id != rule_id:
             self._counters["rule_id_changes"] += 1
             log.info("%s: mangle rule %r is now %s (was %s)", wan, comment, rule_id, drive.rule_id)
         drive.rule_id = rule_id
         return rule_id, disabled
 
-    def _write(self, drive: RuleDrive, rule_id: str) -> None:
-        """``set`` the rule and read it back, up to 1 + verify_retries rounds."""
+    def _write(self, drive: RuleDrive, rule_id: str) -> bool:
+        """``set`` the rule; False when the id went away meanwhile (look it up again)."""
         want_disabled = drive.desired == GOOD
-        rounds = 1 + self.cfg.actuator.verify_retries
-        for attempt in range(rounds):
-            if attempt:
-                self._counters["verify_retries"] += 1
-                time.sleep(self.cfg.actuator.verify_delay_s)
-            try:
-                self._counters["writes"] += 1
-                self.link.run(f"{MANGLE}/set", f"=.id={rule_id}", f"=disabled={'yes' if want_disabled else 'no'}")
-            except RouterTrap as error:
-                if "no such item" not in str(error):
-                    raise
-                # Renumbered between the lookup and the set (a reboot): look it up again.
-                rule_id, _ = self._find(drive)
-                continue
-            rule_id, disabled = self._find(drive)
-            drive.observed = observed_state(disabled)
-            if disabled == want_disabled:
-                return
-        state = "disabled" if drive.observed == GOOD else "enabled"
-        raise RuleError(f"{drive.wan.name}: mangle rule {drive.wan.rule_comment!r} still {state} after "
-                        f"{rounds} set and read-back rounds; desired {drive.desired}")
+        self._counters["writes"] += 1
+        try:
+            self.link.run(f"{MANGLE}/set", f"=.id={rule_id}", f"=disabled={'yes' if want_disabled else 'no'}")
+        except RouterTrap as error:
+            if "no such item" not in str(error) or drive.renumbered >= 3:
+                raise
+            drive.renumbered += 1
+            return False
+        drive.renumbered = 0
+        return True

@@ -14,22 +14,11 @@ log = logging.getLogger("wanctl.collector")
 
 
 class CollectorHealth:
-    """The collector core's state as the runtime's sources: conditions as data, the last samples as details."""
+    """The last samples of every WAN, as health details (conditions come from the core itself)."""
 
     def __init__(self, collector) -> None:
         self.collector = collector
         self.last: dict[str, Telemetry] = {}
-
-    def router_conditions(self) -> dict[str, str]:
-        link = self.collector.link
-        if link.connected:
-            return {}
-        return {"router": f"router {link.where} unreachable: {link.last_error or 'not connected yet'}; "
-                          "samples carry nulls"}
-
-    def wan_conditions(self) -> dict[str, str]:
-        return {f"{w.wan.name}_{topic}": problem for w in self.collector.wans
-                for topic, problem in w.problems.items() if topic != "router"}
 
     def details(self) -> dict:
         return {"router": self.collector.link.where, "connected": self.collector.link.connected, "last_samples": {
@@ -48,12 +37,13 @@ def run(cfg: Config, password: str | None) -> int:
         health = stage.health
         view = CollectorHealth(collector)
         stage.count_from("collector", lambda: collector.counters)
-        health.conditions_from("router", view.router_conditions, FAILING)
-        health.conditions_from("wans", view.wan_conditions)
+        # The router link failing is failing; a WAN's own problem (a missing queue, say) is degraded.
+        health.conditions_from("router", collector.link.conditions, FAILING)
+        health.conditions_from("wans", lambda: {k: v for k, v in collector.conditions().items() if k != "router"})
         collector.link.observer = health.router_request
         while not stage.stopping:
             now = time.monotonic()
-            for sample in collector.poll_due(now):
+            for sample in collector.poll_due(now, stop=lambda: stage.stopping):
                 pub.send(sample)
                 health.sent("telemetry")
                 view.last[sample.wan] = sample

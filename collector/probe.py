@@ -1,5 +1,6 @@
 """RTT from this host: one ICMP echo, when ``collector.rtt_probe`` is ``local``.
 
+The target is resolved once, with a timeout (never on every poll).
 Uses an unprivileged ICMP datagram socket where ``net.ipv4.ping_group_range``
 allows it, else a raw socket (root or CAP_NET_RAW).
 """
@@ -28,8 +29,10 @@ def _checksum(data: bytes) -> int:
 class IcmpProbe:
     """Echo requests to one host; ``rtt_ms()`` is one probe's RTT or None when lost."""
 
-    def __init__(self, target: str):
-        self.address = socket.gethostbyname(target)
+    def __init__(self, target: str, resolve_timeout: float = 1.0):
+        from routeros.link import resolve  # a name is resolved once, within the timeout
+
+        self.address = resolve(target, resolve_timeout)
         try:
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
             self.raw = False

@@ -132,10 +132,12 @@ class Router(Section):
 
     With no ``host`` the built-in simulator is meant: 127.0.0.1 on ``port``
     (or 8728), user admin, password admin unless ``password_env`` names a set
-    variable or ``password_file`` is given.  ``timeout_s`` bounds every read
-    (librouteros socket timeout); after any timeout or socket error the
-    connection is discarded and a new one is made with exponential backoff
-    from ``backoff_initial_s`` up to ``backoff_max_s``.
+    variable or ``password_file`` is given.  ``timeout_s`` bounds the whole
+    reply of every command, ``max_reply_bytes`` and ``max_reply_sentences``
+    its size; after any timeout, socket error or malformed or oversized reply
+    the connection is discarded and a new one is made with exponential backoff
+    from ``backoff_initial_s`` up to ``backoff_max_s`` (reset only by a command
+    that succeeds).
     """
 
     host: str | None = None
@@ -150,6 +152,8 @@ class Router(Section):
     timeout_s: Positive = 3.0
     backoff_initial_s: Positive = 0.5
     backoff_max_s: Positive = 30.0
+    max_reply_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 30)] = 262144  # per command
+    max_reply_sentences: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1000  # per command
 
 
 class Wan(Section):
@@ -159,6 +163,8 @@ class Wan(Section):
     queue: str  # exact name of the CAKE entry in /queue/tree
     queue_capacity_packets: Annotated[int, msgspec.Meta(ge=1)] = 1000  # 100 % queue depth
     ping_target: str = "1.1.1.1"
+    ping_targets: list[str] = msgspec.field(default_factory=list)  # several probe targets (replaces ping_target)
+    min_targets_lost: Annotated[int, msgspec.Meta(ge=1)] | None = None  # a probe is lost when this many targets fail (default: all)
     ping_count: Count = 1  # /ping count= (RouterOS pings forever without it)
     ping_interval_s: Annotated[float, msgspec.Meta(ge=0.01, le=5.0)] = 1.0  # /ping interval=; a probe unanswered within it is lost
     ping_routing_table: str | None = None  # /ping routing-table= : pin the probe to this WAN
@@ -166,6 +172,7 @@ class Wan(Section):
     rule_comment: str = ""  # exact comment of the mangle rule that steers this WAN's traffic away
     interval_s: Positive = 0.5  # poll period
     autorate_state_file: str | None = None  # baseline RTT and wan_zone from autorate
+    rate_mbps: Annotated[float, msgspec.Meta(gt=0, le=1e6)] | None = None  # queue rate when its max-limit is unset
 
 
 class Collector(Section):
@@ -179,6 +186,13 @@ class Collector(Section):
     baseline_down_alpha: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
     baseline_up_alpha: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.002
     autorate_max_age_s: Positive = 10.0
+    # The own baseline survives restarts in this file and stands still (does not rise) while the
+    # path is congested: RTT more than baseline_freeze_rtt_ms over it, or queue delay above
+    # baseline_freeze_queue_ms.
+    state_path: str = "var/collector-state.json"
+    state_interval_s: Positive = 60.0
+    baseline_freeze_rtt_ms: Positive = 20.0
+    baseline_freeze_queue_ms: Positive = 5.0
 
 
 class Actuator(Section):
@@ -308,6 +322,13 @@ def _cross_field_problems(cfg: Config) -> list[str]:
     for i, wan in enumerate(cfg.wans):
         if wan.rule_comment and comments.count(wan.rule_comment) > 1:
             problems.append(f"wans[{i}].rule_comment: must be unique per WAN, got {wan.rule_comment!r}")
+    for i, wan in enumerate(cfg.wans):
+        targets = wan.ping_targets or [wan.ping_target]
+        if len(targets) > 16 or any(not t or len(t) > 253 for t in targets):
+            problems.append(f"wans[{i}].ping_targets: must be 1 to 16 host names or addresses, got {len(targets)}")
+        if wan.min_targets_lost is not None and wan.min_targets_lost > len(targets):
+            problems.append(f"wans[{i}].min_targets_lost: must be at most the number of ping targets "
+                            f"({len(targets)}), got {wan.min_targets_lost}")
     if cfg.router.backoff_initial_s > cfg.router.backoff_max_s:
         problems.append(
             f"router.backoff_initial_s: must be at most backoff_max_s ({cfg.router.backoff_max_s}), "

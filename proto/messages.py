@@ -52,6 +52,9 @@ class Telemetry(Envelope, tag="telemetry"):
     wan_zone: str | None = None
     cake_state: str | None = None
     steering_active: bool | None = None
+    queue_delay_ms: float | None = None
+    rtt_status: str | None = None
+    loss_pct: float | None = None
 
 
 class Decision(Envelope, tag="decision"):

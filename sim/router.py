@@ -181,6 +181,7 @@ class PingPlan:
     interval: float
     size: int
     ttl: int = 57
+    lost: bool = False  # the target does not answer
 
 
 class Router:
@@ -204,6 +205,7 @@ class Router:
         # use it to prove that a dry-run actuator never writes.
         self.writes: list[tuple[str, dict[str, str]]] = []
         self.commands = 0
+        self.lost_targets: set[str] = set()  # ping addresses whose probes are all lost
         self._build()
 
     # --- ids and items -------------------------------------------------------
@@ -446,7 +448,8 @@ class Router:
             raise Trap("interval must be between 10ms and 5s", category=1)
         if not self.traffic:
             raise Trap("no route to host")
-        return PingPlan(traffic=self._ping_wan(attrs), address=address, count=count, interval=interval, size=size)
+        return PingPlan(traffic=self._ping_wan(attrs), address=address, count=count, interval=interval, size=size,
+                        lost=address in self.lost_targets)
 
     def _ping_wan(self, attrs: dict[str, str]) -> Traffic:
         wans: list[WanScenario] = [t.wan for t in self.traffic.values()]

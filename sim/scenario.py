@@ -39,6 +39,7 @@ A scenario file is YAML::
       - {at_s: 500, fault: close_mid_reply}         # the next reply is cut and the socket closed
       - {at_s: 600, fault: fatal}                   # !fatal to every session, then close
       - {at_s: 700, fault: refuse_login, duration_s: 5}
+      - {at_s: 800, fault: hostile_slow_endless, duration_s: 5}  # hostile_<mode>: see sim.server
 
 Everything the simulator reports is derived from this one description, so the
 counters, the queue depth and the ping replies of a WAN always agree.
@@ -58,7 +59,10 @@ import yaml
 NonNeg = Annotated[float, msgspec.Meta(ge=0)]
 Pct = Annotated[float, msgspec.Meta(ge=0, le=100)]
 
-FAULTS = ("counter_reset", "reboot", "outage", "stall", "close_mid_reply", "fatal", "refuse_login")
+FAULTS = ("counter_reset", "reboot", "outage", "stall", "close_mid_reply", "fatal", "refuse_login",
+          "hostile_empty_sentence", "hostile_bare_fatal_login", "hostile_trap_numeric", "hostile_trap_extra",
+          "hostile_trap_set", "hostile_slow_endless", "hostile_fast_endless", "hostile_huge_attribute",
+          "hostile_ping_digits", "hostile_negative_queue", "hostile_huge_counter", "hostile_foreign_row")
 
 
 class Episode(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -103,7 +107,10 @@ class WanScenario(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class Event(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     at_s: NonNeg
-    fault: Literal["counter_reset", "reboot", "outage", "stall", "close_mid_reply", "fatal", "refuse_login"]
+    fault: Literal["counter_reset", "reboot", "outage", "stall", "close_mid_reply", "fatal", "refuse_login",
+                   "hostile_empty_sentence", "hostile_bare_fatal_login", "hostile_trap_numeric", "hostile_trap_extra",
+                   "hostile_trap_set", "hostile_slow_endless", "hostile_fast_endless", "hostile_huge_attribute",
+                   "hostile_ping_digits", "hostile_negative_queue", "hostile_huge_counter", "hostile_foreign_row"]
     duration_s: NonNeg = 0.0
     wan: str | None = None  # counter_reset: only this WAN's queue
 

@@ -21,6 +21,18 @@ next reply in the middle and close (``cut_next_reply``), stop answering
 (``stall``), refuse logins (``refuse_logins``), refuse connections
 (``refuse_connections``), drop every session (``drop_sessions``),
 ``!fatal`` every session (``fatal``), counter reset and reboot.
+
+Hostile modes (``hostile(mode, on)``, or scenario events ``hostile_<mode>``),
+a router that answers what the protocol does not expect:
+``empty_sentence`` (every reply is an empty sentence), ``bare_fatal_login``
+(``!fatal`` with no reason at login), ``trap_numeric`` (every command traps
+with ``=message=<digits>``), ``trap_extra`` (traps carry an extra attribute),
+``trap_set`` (every ``set`` traps), ``slow_endless`` (prints answer one
+``!re`` every 0.5 s and never ``!done``), ``fast_endless`` (the same as fast
+as the socket takes it), ``huge_attribute`` (every row gains a 1 MB
+attribute), ``ping_digits`` (``/ping`` times of 400 digits), ``negative_queue``
+(``queued-packets=-5``), ``huge_counter`` (``dropped`` of 10^400),
+``foreign_row`` (a queue print answers another queue's row first).
 """
 
 from __future__ import annotations
@@ -37,6 +49,8 @@ from sim.wire import WireError, encode_sentence, format_duration, read_sentence
 log = logging.getLogger("sim")
 
 LOGIN_FAILED = "invalid user name or password (6)"
+HOSTILE = ("empty_sentence", "bare_fatal_login", "trap_numeric", "trap_extra", "trap_set", "slow_endless",
+           "fast_endless", "huge_attribute", "ping_digits", "negative_queue", "huge_counter", "foreign_row")
 
 
 def _words(row: dict[str, str]) -> list[str]:
@@ -92,6 +106,7 @@ class SimServer:
         self._refuse_logins = False
         self._refusing = False
         self._restore_handles: list[asyncio.TimerHandle] = []
+        self.hostile_modes: set[str] = set()
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -122,6 +137,13 @@ class SimServer:
         """Answer nothing for ``seconds`` (``math.inf``: until ``stall(0)``); commands still queue up."""
         self._stall_until = time.monotonic() + seconds if seconds > 0 else 0.0
         log.info("fault: stall %s", "ended" if seconds <= 0 else f"for {seconds:g} s")
+
+    def hostile(self, mode: str, on: bool = True) -> None:
+        """Switch a hostile mode (see the module doc) on or off."""
+        if mode not in HOSTILE:
+            raise ValueError(f"unknown hostile mode {mode!r}")
+        (self.hostile_modes.add if on else self.hostile_modes.discard)(mode)
+        log.info("fault: hostile %s %s", mode, "on" if on else "off")
 
     def cut_next_reply(self, command: str | None = None) -> None:
         """The next reply (to ``command``, or to anything) is sent half-way, then the socket closes."""
@@ -204,6 +226,11 @@ class SimServer:
             if duration_s:
                 loop = asyncio.get_running_loop()
                 self._restore_handles.append(loop.call_later(duration_s, self.refuse_logins, False))
+        elif name.startswith("hostile_") and name[8:] in HOSTILE:
+            self.hostile(name[8:], True)
+            if duration_s:
+                loop = asyncio.get_running_loop()
+                self._restore_handles.append(loop.call_later(duration_s, self.hostile, name[8:], False))
         else:
             raise ValueError(f"unknown fault {name!r}")
 
@@ -313,6 +340,14 @@ class SimServer:
         await self._send(session, command, tag, [words + [f"=message={trap.message}"], ["!done"]])
 
     async def _login(self, session: Session, attrs: dict[str, str], tag: str | None) -> None:
+        if "bare_fatal_login" in self.hostile_modes:
+            self.stats["fatals"] += 1
+            session.writer.write(encode_sentence(["!fatal"]))
+            session.closed = True
+            session.writer.close()
+            return
+        if await self._hostile_reply(session, "/login", tag):
+            return
         if "name" not in attrs:
             await self._trap(session, "/login", tag, Trap("missing value(s) of argument(s) name", 1))
             return
@@ -333,13 +368,65 @@ class SimServer:
                 task.cancel()
         await self._send(session, "/cancel", tag, [["!done"]])
 
+    async def _hostile_reply(self, session: Session, command: str, tag: str | None) -> bool:
+        """Answer as a hostile mode says; False when no mode applies to this command."""
+        modes = self.hostile_modes
+        suffix = [f".tag={tag}"] if tag is not None else []
+        if "empty_sentence" in modes:
+            session.writer.write(b"\x00")
+            return True
+        if "trap_numeric" in modes or ("trap_set" in modes and command.endswith("/set")):
+            self.stats["traps"] += 1
+            message = "12345" if "trap_numeric" in modes else "failure: rule is locked"
+            extra = ["=extra=1"] if "trap_extra" in modes else []
+            await self._send(session, command, tag, [["!trap", f"=message={message}", *extra], ["!done"]])
+            return True
+        if "trap_extra" in modes:
+            self.stats["traps"] += 1
+            await self._send(session, command, tag, [["!trap", "=message=odd", "=category=1", "=extra=yes"], ["!done"]])
+            return True
+        if command.endswith("/print") and ("slow_endless" in modes or "fast_endless" in modes):
+            pause = 0.5 if "slow_endless" in modes else 0.0
+            n = 0
+            while not session.closed:
+                session.writer.write(encode_sentence(["!re", f"=.id=*{n:X}", f"=name=endless-{n}"] + suffix))
+                n += 1
+                try:
+                    await session.writer.drain()
+                except (ConnectionError, OSError):
+                    session.abort()
+                    return True
+                await asyncio.sleep(pause)
+            return True
+        return False
+
+    def _hostile_rows(self, command: str, rows: list[dict[str, str]]) -> list[dict[str, str]]:
+        modes = self.hostile_modes
+        if not modes:
+            return rows
+        rows = [dict(r) for r in rows]
+        for row in rows:
+            if "negative_queue" in modes and "queued-packets" in row:
+                row["queued-packets"] = "-5"
+            if "huge_counter" in modes and "dropped" in row:
+                row["dropped"] = "1" + "0" * 400
+            if "huge_attribute" in modes:
+                row["comment"] = "x" * (1 << 20)
+        if "foreign_row" in modes and command == "/queue/tree/print":
+            rows.insert(0, {".id": "*FF", "name": "someone-elses-queue", "dropped": "7", "queued-packets": "999",
+                            "queued-bytes": "999000", "max-limit": "10M"})
+        return rows
+
     async def _run(self, session: Session, command: str, attrs: dict[str, str], queries: list[str],
                    tag: str | None) -> None:
         try:
+            if await self._hostile_reply(session, command, tag):
+                return
             if command == "/ping":
                 await self._ping(session, self.router.ping_plan(attrs), tag)
                 return
             rows, done = self.router.execute(command, attrs, queries)
+            rows = self._hostile_rows(command, rows)
             if "count-only" in attrs and rows:
                 rows, done = [], rows[0]
             sentences = [["!re", *_words(row)] for row in rows]
@@ -365,13 +452,16 @@ class SimServer:
         while plan.count is None or seq < plan.count:
             await asyncio.sleep(max(0.0, start + seq * plan.interval * scale - loop.time()))
             rtt = plan.traffic.probe(self.router.elapsed())
+            if plan.lost:
+                rtt = None
             sent += 1
             row: dict[str, str] = {"seq": str(seq), "host": plan.address}
             if rtt is not None and rtt / 1000.0 < plan.interval:
                 await asyncio.sleep(rtt / 1000.0 * scale)
                 received += 1
                 rtts.append(rtt)
-                row.update({"size": str(plan.size), "ttl": str(plan.ttl), "time": format_duration(rtt / 1000.0)})
+                time_text = "9" * 400 if "ping_digits" in self.hostile_modes else format_duration(rtt / 1000.0)
+                row.update({"size": str(plan.size), "ttl": str(plan.ttl), "time": time_text})
             else:
                 await asyncio.sleep(plan.interval * scale)
                 row["status"] = "timeout"

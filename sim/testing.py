@@ -29,7 +29,9 @@ from __future__ import annotations
 import asyncio
 import copy
 import math
+import shutil
 import ssl
+import tempfile
 import threading
 import time
 from typing import Any, Callable
@@ -54,6 +56,7 @@ class SimRouter:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="wanctl-sim", daemon=True)
         self._started = False
+        self._state_dir: str | None = None
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -73,6 +76,8 @@ class SimRouter:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
             self._loop.close()
+            if self._state_dir is not None:
+                shutil.rmtree(self._state_dir, ignore_errors=True)
 
     def __enter__(self) -> "SimRouter":
         return self.start()
@@ -191,6 +196,15 @@ class SimRouter:
     def drop_sessions(self) -> None:
         self.call(self.server.drop_sessions)
 
+    def hostile(self, mode: str, on: bool = True) -> None:
+        self.call(self.server.hostile, mode, on)
+
+    def lose_target(self, address: str, on: bool = True) -> None:
+        """Every probe to ``address`` is lost (a reflector that stopped answering) while on."""
+        def apply():
+            (self.router.lost_targets.add if on else self.router.lost_targets.discard)(address)
+        self.call(apply)
+
     def fatal(self, reason: str = "session terminated on request") -> None:
         self.call(self.server.fatal, reason)
 
@@ -216,4 +230,9 @@ class SimRouter:
                   "tls": self.tls, "timeout_s": 2.0, "connect_timeout_s": 2.0,
                   "backoff_initial_s": 0.05, "backoff_max_s": 0.5}
         router.update(sections.pop("router", {}))
+        # The collector's baselines go to a folder of this simulator's own, not to the working directory.
+        if self._state_dir is None:
+            self._state_dir = tempfile.mkdtemp(prefix="wanctl-sim-state-")
+        sections["collector"] = {"state_path": f"{self._state_dir}/collector-state.json",
+                                 **sections.get("collector", {})}
         return parse_config({"router": router, "wans": wans, **sections})

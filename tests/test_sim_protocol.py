@@ -21,7 +21,7 @@ from librouteros.protocol import decode_length as lib_decode_length
 from librouteros.protocol import encode_length as lib_encode_length
 from librouteros.query import Key, Or
 
-from collector.routeros import parse_duration
+from routeros.link import parse_duration
 from sim.scenario import load_scenario, parse_scenario, quiet_scenario, shipped_scenarios
 from sim.wire import decode_length, encode_length, format_duration, length_size
 from tests.simrouter import make_sim, raw_session, read_reply, sim, wait_for  # noqa: F401
