@@ -56,7 +56,7 @@ test: $(STAMP)
 # in a venv of their own, through the fast tests: the floors are tested, not guessed.
 FLOORS_VENV := .venv-floors
 FLOORS_TESTS := tests/test_floors.py tests/test_config.py tests/test_collector.py tests/test_actuator.py \
-	tests/test_replay.py tests/test_tap.py tests/test_bus.py tests/test_health.py tests/test_init.py
+	tests/test_replay.py tests/test_tap.py tests/test_bus.py tests/test_health.py tests/test_packaging.py
 $(FLOORS_VENV)/.installed: pyproject.toml constraints/floors.txt
 	rm -rf $(FLOORS_VENV)
 	python3 -m venv $(FLOORS_VENV)

@@ -109,6 +109,9 @@ def run(
     if not (bins / "supervisord").exists():
         print(f"wanctl-init: warning: no supervisord in {bins} (--bin names the scripts' directory)",
               file=sys.stderr)
+    if any(directory.is_relative_to(p) for p in (Path("/home"), Path("/root"), Path("/run/user"))):
+        print(f"wanctl-init: warning: the systemd unit's ProtectHome=yes hides {directory} from the service; "
+              "use a directory such as /var/lib/wanctl for it", file=sys.stderr)
     var = directory / "var" / "wanctl"
     var.mkdir(parents=True, exist_ok=True)
     os.chmod(directory / "var", 0o700)
@@ -125,7 +128,8 @@ Next:
   1. Edit {d}/wanctl.yaml: router.host, the WANs' queues and rule comments
      (with router.host unset it runs against the built-in simulator).  The
      password goes in $WANCTL_ROUTER_PASSWORD or router.password_file, never
-     in the YAML.  It starts in dry run (actuator.dry_run: true).
+     in the YAML (for the service: WANCTL_ROUTER_PASSWORD=... in
+     /etc/wanctl/env, mode 0600).  It starts in dry run (actuator.dry_run: true).
   2. Run it in the foreground (Ctrl-C stops it):
        cd {d} && {env} {b}/supervisord -n -c {d}/supervisord.conf
      and from another shell:
