@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -223,3 +224,49 @@ def test_report_plot_without_matplotlib_says_how_to_install_it(installed, tmp_pa
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert "pip install 'wanctl[plot]'" in result.stderr, result.stderr
+
+
+def test_under_supervisord_a_real_router_config_leaves_the_simulator_and_the_no_op_actuator_stopped(tmp_path):
+    """The repo's supervisord.conf, run for real with a config that names a
+    router (a closed loopback port): the simulator exits 0 and stays EXITED,
+    and `restart 'wanctl:*'` does not start the no-op actuator."""
+    from tests.support import free_port, wait_for
+
+    shutil.copy(ROOT / "supervisord.conf", tmp_path / "supervisord.conf")
+    (tmp_path / ".venv").symlink_to(Path(sys.prefix))
+    (tmp_path / "var" / "real").mkdir(parents=True)
+    config = tmp_path / "real.yaml"
+    config.write_text(yaml.safe_dump({
+        "router": {"host": "127.0.0.1", "port": free_port()},
+        "wans": [{"name": "wan1", "queue": "cake-wan1", "rule_comment": "wanctl-steer-wan1"}],
+        "health": {"bus": 0, "collector": 0, "scorer": 0, "actuator": 0, "logger": 0},
+    }))
+    env = {**os.environ, "WANCTL_CONFIG": str(config), "WANCTL_VAR": str(tmp_path / "var" / "real"),
+           "WANCTL_ROUTER_PASSWORD": "unused"}
+    conf = str(tmp_path / "supervisord.conf")
+
+    def status() -> dict[str, str]:
+        out = subprocess.run([str(BIN / "supervisorctl"), "-c", conf, "status"], capture_output=True, text=True,
+                             timeout=30).stdout
+        return {line.split()[0]: line.split()[1] for line in out.splitlines() if len(line.split()) >= 2}
+
+    proc = subprocess.Popen([str(BIN / "supervisord"), "-n", "-c", conf], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: status().get("wanctl:scorer") == "RUNNING" and status().get("wanctl:sim") == "EXITED",
+                 30, "the scorer RUNNING and the simulator EXITED", interval=0.3)
+        assert "not needed" in (tmp_path / "var" / "real" / "sim.log").read_text()
+        time.sleep(1.5)
+        assert status()["wanctl:sim"] == "EXITED" and status()["actuator-noop"] == "STOPPED"
+        subprocess.run([str(BIN / "supervisorctl"), "-c", conf, "restart", "wanctl:*"], capture_output=True,
+                       timeout=60)
+        wait_for(lambda: status().get("wanctl:actuator") == "RUNNING", 30, "the live actuator back", interval=0.3)
+        assert status()["actuator-noop"] == "STOPPED"
+        assert (tmp_path / "var" / "real" / "run").is_dir()  # the bus's run dir: var/<config stem>/run
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
