@@ -384,7 +384,33 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Co
             raise ConfigError([f"(top level): must be a mapping, got {type(raw).__name__}"])
         for assignment in overrides:
             apply_override(raw, assignment)
-    return parse_config(raw, str(path.resolve().parent))
+    return _per_config_var(parse_config(raw, str(path.resolve().parent)), path)
+
+
+# The files a config's pipeline writes, with the built-in defaults under var/.
+_VAR_PATHS = (("scorer", "state_path"), ("scorer", "journal_path"), ("bus", "run_dir"), ("logger", "path"))
+
+
+def var_dir(path: str | os.PathLike) -> str:
+    """The default directory for what the pipeline of the config at ``path``
+    writes: ``var/<config file stem>`` (``var/wanctl.sim`` for
+    ``wanctl.sim.yaml``), relative to the config file's directory."""
+    return f"var/{Path(path).stem}"
+
+
+def _per_config_var(cfg: Config, path: Path) -> Config:
+    """Put the built-in ``var/...`` paths (omitted, or written out as in the
+    example) under ``var/<config stem>/``, so two configs (the simulator's and
+    a real router's) never share a state file, a journal or a decision log."""
+    defaults = Config()
+    sections = {}
+    for section, key in _VAR_PATHS:
+        default = getattr(getattr(defaults, section), key)
+        if getattr(getattr(cfg, section), key) == default:
+            moved = f"{var_dir(path)}/{default.removeprefix('var/')}"
+            sections.setdefault(section, {})[key] = moved
+    replaced = {name: msgspec.structs.replace(getattr(cfg, name), **values) for name, values in sections.items()}
+    return msgspec.structs.replace(cfg, **replaced)
 
 
 def config_or_exit(prog: str, path: str | os.PathLike | None, overrides: list[str] = (),

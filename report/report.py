@@ -772,7 +772,12 @@ def format_text(report: dict[str, Any], log: DecisionLog) -> str:
 
 def plot_timeline(log: DecisionLog, trace: Optional[Trace], path: Path, max_wans: int = 4) -> None:
     """One panel set per WAN: confidence and threshold, both policies' states, RTT delta."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print("wanctl-report: --plot needs matplotlib, which is not installed: "
+              "pip install 'wanctl[plot]' (or: pip install matplotlib)", file=sys.stderr)
+        raise SystemExit(1) from None
 
     matplotlib.use("Agg")
     import matplotlib.dates as mdates

@@ -1,11 +1,13 @@
 """``wanctl-sim``: the built-in RouterOS API simulator, on its own.
 
-    wanctl-sim [--scenario PATH] [--host 127.0.0.1] [--port 8728]
+    wanctl-sim [--config PATH] [--scenario PATH] [--host 127.0.0.1] [--port 8728]
                [--username admin] [--password admin]
                [--tls-cert PEM --tls-key PEM] [--pre-7-18] [--list]
 
 Prints ``listening on HOST:PORT`` once it accepts connections and runs until
-interrupted (SIGINT or SIGTERM).  With no scenario it plays the shipped
+interrupted (SIGINT or SIGTERM).  With ``--config`` it serves the config's
+``router.port``, and exits 0 at once, saying why, when the config names a
+real router (``router.host``): supervisord then leaves it stopped.  With no scenario it plays the shipped
 default one: two WANs, ``wan1`` congested from t=15 s for 20 s.
 """
 
@@ -20,6 +22,7 @@ from typing import Optional
 
 import typer
 
+from proto.config import config_or_exit, router_address
 from sim.router import Router
 from sim.scenario import ScenarioError, load_scenario, shipped_scenarios
 from sim.server import SimServer
@@ -48,9 +51,13 @@ async def _serve(server: SimServer) -> None:
 
 @app.command()
 def run(
+    config: Optional[str] = typer.Option(None, "--config",
+                                         help="wanctl config: serve its router.port; exit 0 at once if it "
+                                              "names a real router (router.host)"),
     scenario: Optional[str] = typer.Option(None, "--scenario", help="scenario YAML, or a shipped name"),
     host: str = typer.Option("127.0.0.1", "--host"),
-    port: int = typer.Option(8728, "--port", help="0 picks a free port"),
+    port: Optional[int] = typer.Option(None, "--port",
+                                       help="0 picks a free port [default: the config's router.port, else 8728]"),
     username: str = typer.Option("admin", "--username"),
     password: str = typer.Option("admin", "--password"),
     tls_cert: Optional[str] = typer.Option(None, "--tls-cert", help="serve api-ssl with this certificate chain"),
@@ -67,6 +74,16 @@ def run(
         for name, path in shipped_scenarios().items():
             print(f"{name:14s} {load_scenario(path).description}")
         return
+    if config is not None:
+        cfg = config_or_exit("wanctl-sim", config)
+        if cfg.router.host is not None:
+            print(f"wanctl-sim: not needed: {config} names a real router (router.host {cfg.router.host}); exiting",
+                  flush=True)
+            return
+        if port is None:
+            port = router_address(cfg)[1]
+    if port is None:
+        port = 8728
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s wanctl-sim %(levelname)s %(message)s")
     try:

@@ -245,20 +245,22 @@ class Supervisor:
             lines.append(line)
         self.conf = directory / "supervisord.conf"
         self.conf.write_text("\n".join(lines) + "\n")
-        config = dict(config)  # everything under var/, as with the repo's wanctl.sim.yaml
-        config["bus"] = {"run_dir": "var/run", **config.get("bus", {})}
-        config["scorer"] = {"state_path": "var/scorer-state.msgpack", "journal_path": "var/scorer-journal.jsonl",
-                            **config.get("scorer", {})}
-        config["logger"] = {"path": "var/decisions.jsonl", **config.get("logger", {})}
+        config = dict(config)  # everything under the directory's var/ (absolute: not moved to var/<config stem>/)
+        var = directory / "var"
+        config["bus"] = {"run_dir": str(var / "run"), **config.get("bus", {})}
+        config["scorer"] = {"state_path": str(var / "scorer-state.msgpack"),
+                            "journal_path": str(var / "scorer-journal.jsonl"), **config.get("scorer", {})}
+        config["logger"] = {"path": str(var / "decisions.jsonl"), **config.get("logger", {})}
         (directory / "var").mkdir()
         self.config_path = write_config(directory, config, "wanctl.sim.yaml")
         self.cfg = load(self.config_path)
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30.0) -> None:
+        env = {**os.environ, "WANCTL_CONFIG": str(self.config_path), "WANCTL_VAR": str(self.dir / "var")}
         self.proc = subprocess.Popen(
             [str(BIN / "supervisord"), "-n", "-c", str(self.conf)], cwd=str(self.dir),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
         )
         wait_for(lambda: (self.dir / "var" / "supervisor.sock").exists(), timeout, "supervisord's socket")
 

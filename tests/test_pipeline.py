@@ -188,7 +188,7 @@ def test_dry_run_swap_leaves_the_rule_alone(pipeline):
     decisions = sup.dir / "var" / "decisions.jsonl"
     out = sup.ctl("stop", "wanctl:actuator")
     assert "stopped" in out, out
-    out = sup.ctl("start", "wanctl:actuator-noop")
+    out = sup.ctl("start", "actuator-noop")
     assert "started" in out, out
     client = BusClient(sup.cfg, [b"actuation."])
     try:
@@ -210,7 +210,7 @@ def test_dry_run_swap_leaves_the_rule_alone(pipeline):
         assert "dry_run" in results and "applied" not in results, results
     finally:
         client.close()
-        sup.ctl("stop", "wanctl:actuator-noop")
+        sup.ctl("stop", "actuator-noop")
         sup.ctl("start", "wanctl:actuator")
 
 

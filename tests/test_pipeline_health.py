@@ -225,14 +225,14 @@ def test_the_no_op_actuator_answers_on_the_actuator_port(pipeline):
     sup, endpoints = pipeline
     assert "stopped" in sup.ctl("stop", "wanctl:actuator")
     try:
-        assert "started" in sup.ctl("start", "wanctl:actuator-noop")
+        assert "started" in sup.ctl("start", "actuator-noop")
         doc = wait_for(lambda: (a := endpoints.health("actuator")) is not None and a[1]["stage"] == "actuator-noop"
                        and a[0] == 200 and a[1]["details"].get("rules") and a[1], 30,
                        lambda: f"actuator-noop's health on the actuator port\n{endpoints.describe()}", interval=0.2)
         assert doc["details"]["dry_run"] is True
         assert doc["details"]["rules"]["wan1"]["result"] == "dry_run"
     finally:
-        sup.ctl("stop", "wanctl:actuator-noop")
+        sup.ctl("stop", "actuator-noop")
         sup.ctl("start", "wanctl:actuator")
     wait_for(lambda: (a := endpoints.health("actuator")) is not None and a[1]["stage"] == "actuator", 30,
              "the live actuator back on its port", interval=0.2)
