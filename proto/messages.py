@@ -15,6 +15,7 @@ DEGRADED = "DEGRADED"
 ENABLE = "ENABLE_STEERING"
 DISABLE = "DISABLE_STEERING"
 CAKE_STATES = ("GREEN", "YELLOW", "SOFT_RED", "RED")
+RTT_STATUSES = ("ok", "lost", "unavailable")
 
 
 class Telemetry(msgspec.Struct, tag="telemetry", tag_field="kind", kw_only=True, gc=False):
@@ -35,6 +36,9 @@ class Telemetry(msgspec.Struct, tag="telemetry", tag_field="kind", kw_only=True,
     wan_zone: str | None = None
     cake_state: str | None = None
     steering_active: bool | None = None
+    queue_delay_ms: float | None = None  # the CAKE backlog as time
+    rtt_status: str | None = None  # ok | lost | unavailable; null: ok when rtt_ms is set, else unavailable
+    loss_pct: float | None = None  # share of the poll's probes that were lost
 
 
 class Decision(msgspec.Struct, tag="decision", tag_field="kind", kw_only=True, gc=False):

@@ -80,17 +80,17 @@ class ScorerCore:
         try:
             data = self.state_path.read_bytes()
         except FileNotFoundError:
-            return Engine(self.cfg.scorer, epoch=self.epoch), []
+            return Engine(self.cfg.scorer, wans=self.cfg.wans, epoch=self.epoch), []
         try:
             saved = msgspec.msgpack.decode(data, type=PersistedState)
-            return Engine.restore(self.cfg.scorer, saved.engine, epoch=self.epoch), saved.recent
+            return Engine.restore(self.cfg.scorer, saved.engine, wans=self.cfg.wans, epoch=self.epoch), saved.recent
         except Exception as error:  # noqa: BLE001 - a bad state file must not stop steering
             self.counters["state_file_errors"] += 1
             bad = self.state_path.with_name(self.state_path.name + ".bad")
             self.state_path.rename(bad)
             log.error("%s: cannot restore scorer state (%s); moved to %s, starting from GOOD",
                       self.state_path, error, bad)
-            return Engine(self.cfg.scorer, epoch=self.epoch), []
+            return Engine(self.cfg.scorer, wans=self.cfg.wans, epoch=self.epoch), []
 
     def persist(self) -> None:
         recent = self.journal.recent_lines(RECENT)
@@ -100,10 +100,13 @@ class ScorerCore:
 
     def on_telemetry(self, sample: Telemetry) -> list[Decision]:
         """Score one sample; decisions come back already committed and journaled."""
-        decisions = self.engine.process(sample)
-        if self.engine.last_rejection is None:
+        outcome = self.engine.process(sample)
+        if outcome.cause is None:
             self.dirty = True
+        decisions = outcome.decisions
         if decisions:
+            for d in decisions:  # the envelope is the shell's
+                d.source, d.epoch = "scorer", self.epoch
             lines = [to_json(d) for d in decisions]
             recent = self.journal.recent_lines(RECENT) + lines
             write_atomic(self.state_path, msgspec.msgpack.encode(
