@@ -103,14 +103,14 @@ class QualityFlap(Section):
 class Quality(Section):
     """The quality policy (docs/scoring.md has every rule)."""
 
-    window_s: Positive = 3.0  # the steering window: bad share over the last window_s
+    window_s: Positive = 4.0  # the steering window: bad share over the last window_s
     steer_share_pct: Annotated[int, msgspec.Meta(ge=1, le=100)] = 60  # bad share that steers
     min_samples: Count = 4  # measured samples the window needs before it can steer
-    sustain_s: NonNegative = 1.5  # the oldest bad sample of the window is at least this old
+    sustain_s: NonNegative = 2.0  # the oldest bad sample of the window is at least this old
     delay_bad_ms: NonNegative = 45.0  # excess delay that makes a sample bad
-    delay_good_ms: NonNegative = 30.0  # excess delay below which a sample is good
+    delay_good_ms: NonNegative = 40.0  # excess delay below which a sample is good
     queue_bad_ms: NonNegative = 45.0  # queue delay that makes a sample bad
-    queue_good_ms: NonNegative = 30.0  # queue delay below which a sample is good
+    queue_good_ms: NonNegative = 40.0  # queue delay below which a sample is good
     loss_bad_pct: Annotated[float, msgspec.Meta(gt=0, le=100)] = 50.0  # a poll losing this share of probes is lost
     hold_down_s: NonNegative = 20.0  # steered at least this long before recovery is judged
     recovery_window_s: Positive = 5.0  # the recovery window
