@@ -19,7 +19,7 @@ def problem(raw) -> str:
 
 def test_empty_config_is_valid_and_has_the_seed_defaults():
     s = parse_config({}).scorer
-    assert (s.policy, s.shadow, s.max_gap_s) == ("confidence", True, 5.0)
+    assert (s.policy, s.shadow, s.max_gap_s) == ("quality", True, 5.0)
     assert (s.confidence.steer_threshold, s.confidence.recovery_threshold) == (55, 20)
     assert (s.confidence.sustain_s, s.confidence.recovery_sustain_s, s.confidence.hold_down_s) == (2.0, 3.0, 30.0)
     assert s.confidence.weights.red_state == 50 and s.confidence.weights.wan_soft_red == 12
