@@ -204,20 +204,20 @@ def step(
     ``(stream, median RTT, lost %, last measured t)`` of the alternate's summary.
     """
     t = s.t
-    flags, d, rtt = classify(q, st, s)
     keep = q.window_s if q.window_s > q.recovery_window_s else q.recovery_window_s
     wt, wf, wd, wr = st.win_t, st.win_flag, st.win_delay, st.win_rtt
-    if flags is not None:
-        wt.append(t)
-        wf.append(flags)
-        wd.append(d)
-        wr.append(rtt)
     cutoff = t - keep + TOL
     drop = 0
     while drop < len(wt) and wt[drop] <= cutoff:
         drop += 1
     if drop:
         del wt[:drop], wf[:drop], wd[:drop], wr[:drop]
+    flags, d, rtt = classify(q, st, s)
+    if flags is not None:
+        wt.append(t)
+        wf.append(flags)
+        wd.append(d)
+        wr.append(rtt)
 
     # The steering window.
     cutoff = t - q.window_s + TOL
