@@ -213,11 +213,13 @@ def step(
     if drop:
         del wt[:drop], wf[:drop], wd[:drop], wr[:drop]
     flags, d, rtt = classify(q, st, s)
-    if flags is not None:
-        wt.append(t)
-        wf.append(flags)
-        wd.append(d)
-        wr.append(rtt)
+    if flags is None:
+        # Unmeasured: an outage of our view, not of the path.  No rule runs.
+        return Verdict(None, st.last_score, st.last_threshold, st.last_capped, [], 0.0)
+    wt.append(t)
+    wf.append(flags)
+    wd.append(d)
+    wr.append(rtt)
 
     # The steering window.
     cutoff = t - q.window_s + TOL
