@@ -596,7 +596,7 @@ class Engine:
             return [d, *decisions]
         if q.hold is not None and q.hold != held:
             self._counters["quality_holds_" + q.hold] += 1
-        if verdict.decision is None:
+        if verdict is None:
             return decisions
         if verdict.decision == GOOD and q.hold is not None:
             self._counters["quality_steer_backs"] += 1

@@ -115,9 +115,11 @@ class QualityState(msgspec.Struct):
     last_score: int = 0
     last_threshold: int = 0
     last_capped: bool = False
+    bad_kept: int = 0  # bad samples in the window (kept in step with it)
 
     def clear(self) -> None:
         """A new stream: the window's times belong to the old clock."""
+        self.bad_kept = 0
         self.win_t.clear()
         self.win_flag.clear()
         self.win_delay.clear()
@@ -160,7 +162,7 @@ def classify(q: Quality, st: QualityState, s: Telemetry) -> tuple[int | None, fl
 
     Updates the baseline in use (``st.base``) first.
     """
-    congested = st.state == DEGRADED or any(f & BAD for f in st.win_flag)
+    congested = st.state == DEGRADED or st.bad_kept > 0
     b = s.baseline_rtt_ms
     if b is not None:
         if congested and st.base is not None:
@@ -197,8 +199,9 @@ def classify(q: Quality, st: QualityState, s: Telemetry) -> tuple[int | None, fl
 def step(
     q: Quality, st: QualityState, s: Telemetry,
     alternate: tuple[str | None, float | None, float, float | None] | None,
-) -> Verdict:
-    """One sample of the quality policy (docs/scoring.md, rules 1-9).
+) -> Verdict | None:
+    """One sample of the quality policy (docs/scoring.md, rules 2-8); None when it
+    decides nothing (its score, threshold and hold are left in ``st``).
 
     ``alternate`` is None without a configured alternate, else
     ``(stream, median RTT, lost %, last measured t)`` of the alternate's summary.
@@ -207,27 +210,32 @@ def step(
     keep = q.window_s if q.window_s > q.recovery_window_s else q.recovery_window_s
     wt, wf, wd, wr = st.win_t, st.win_flag, st.win_delay, st.win_rtt
     cutoff = t - keep + TOL
-    drop = 0
-    while drop < len(wt) and wt[drop] <= cutoff:
-        drop += 1
-    if drop:
+    if wt and wt[0] <= cutoff:
+        drop = 0
+        while drop < len(wt) and wt[drop] <= cutoff:
+            st.bad_kept -= wf[drop] & BAD
+            drop += 1
         del wt[:drop], wf[:drop], wd[:drop], wr[:drop]
     flags, d, rtt = classify(q, st, s)
     if flags is None:
-        # Unmeasured: an outage of our view, not of the path.  No rule runs.
-        return Verdict(None, st.last_score, st.last_threshold, st.last_capped, [], 0.0)
+        return None  # unmeasured: an outage of our view, not of the path; no rule runs
     wt.append(t)
     wf.append(flags)
     wd.append(d)
     wr.append(rtt)
+    st.bad_kept += flags & BAD
+    if st.state == GOOD and not st.bad_kept:
+        # No bad sample in the kept window: score 0, nothing to decide (the common case).
+        capped = st.capped(q, t)
+        st.hold = None
+        st.last_score, st.last_threshold, st.last_capped = 0, 101 if capped else q.steer_share_pct, capped
+        return None
 
     # The steering window.
     cutoff = t - q.window_s + TOL
     n = n_bad = n_lost = 0
     oldest_bad = None
-    delays: list[float] = []
-    rtts: list[float] = []
-    for x, f, dd, rr in zip(wt, wf, wd, wr):
+    for x, f in zip(wt, wf):
         if x <= cutoff:
             continue
         n += 1
@@ -237,15 +245,50 @@ def step(
                 oldest_bad = x
         if f & LOST:
             n_lost += 1
-        if dd >= 0.0:
-            delays.append(dd)
-        if rr >= 0.0:
-            rtts.append(rr)
     score = n_bad * 100 // n if n else 0
     capped = st.capped(q, t)
     threshold = 101 if capped else q.steer_share_pct
+
+    decision = None
+    sustained = 0.0
+    hold = None
+    good_share = None
+    if st.state == GOOD:
+        if n >= q.min_samples and n_bad * 100 >= q.steer_share_pct * n and t - oldest_bad >= q.sustain_s - TOL:
+            hold = harm(q, alternate, _window_rtt(wt, wr, cutoff), n_lost * 100.0 / n, t)
+            if hold is None and capped:
+                hold = FLAP_HOLD
+            if hold is None:
+                decision = DEGRADED
+                sustained = t - oldest_bad
+    else:
+        hold = harm(q, alternate, _window_rtt(wt, wr, cutoff), n_lost * 100.0 / n if n else 0.0, t)
+        if hold is not None:
+            decision = GOOD  # steer back: the alternate is no better place
+        elif st.hold_down_until is None or t >= st.hold_down_until - TOL:
+            rcut = t - q.recovery_window_s + TOL
+            m = n_good = 0
+            first = None
+            for x, f in zip(wt, wf):
+                if x <= rcut:
+                    continue
+                if first is None:
+                    first = x
+                m += 1
+                if f & GOOD_SAMPLE:
+                    n_good += 1
+            if m:
+                good_share = n_good * 100 // m
+            if m >= q.min_samples and n_good * 100 >= q.recovery_share_pct * m:
+                decision = GOOD
+                sustained = t - first
+    st.hold = hold
+    st.last_score, st.last_threshold, st.last_capped = score, threshold, capped
+    if decision is None:
+        return None
+    st.enter(q, decision, t)
     why = [f"bad_share={score}%"]
-    p50 = median(delays)
+    p50 = median([dd for x, dd in zip(wt, wd) if x > cutoff and dd >= 0.0])
     if p50 is not None:
         why.append(f"delay_p50={p50:.1f}ms")
     if s.queue_delay_ms is not None:
@@ -258,46 +301,16 @@ def step(
         why.append(f"WAN_{s.wan_zone}")
     if st.base is not None and s.baseline_rtt_ms is not None and st.base < s.baseline_rtt_ms - TOL:
         why.append(f"baseline_frozen={st.base:.1f}ms")
-
-    decision = None
-    sustained = 0.0
-    hold = None
-    if st.state == GOOD:
-        if n >= q.min_samples and n_bad * 100 >= q.steer_share_pct * n and t - oldest_bad >= q.sustain_s - TOL:
-            hold = harm(q, alternate, median(rtts), n_lost * 100.0 / n, t)
-            if hold is None and capped:
-                hold = FLAP_HOLD
-            if hold is None:
-                decision = DEGRADED
-                sustained = t - oldest_bad
-    else:
-        hold = harm(q, alternate, median(rtts), n_lost * 100.0 / n if n else 0.0, t)
-        if hold is not None:
-            decision = GOOD  # steer back: the alternate is no better place
-        elif st.hold_down_until is None or t >= st.hold_down_until - TOL:
-            cutoff = t - q.recovery_window_s + TOL
-            m = n_good = 0
-            first = None
-            for x, f in zip(wt, wf):
-                if x <= cutoff:
-                    continue
-                if first is None:
-                    first = x
-                m += 1
-                if f & GOOD_SAMPLE:
-                    n_good += 1
-            if m:
-                why.append(f"good_share={n_good * 100 // m}%")
-            if m >= q.min_samples and n_good * 100 >= q.recovery_share_pct * m:
-                decision = GOOD
-                sustained = t - first
+    if good_share is not None:
+        why.append(f"good_share={good_share}%")
     if hold is not None:
         why.append(hold)
-    st.hold = hold
-    if decision is not None:
-        st.enter(q, decision, t)
-    st.last_score, st.last_threshold, st.last_capped = score, threshold, capped
     return Verdict(decision, score, threshold, capped, why, sustained)
+
+
+def _window_rtt(wt: list[float], wr: list[float], cutoff: float) -> float | None:
+    """The median absolute RTT of the steering window (the primary's side of rule 8)."""
+    return median([r for x, r in zip(wt, wr) if x > cutoff and r >= 0.0])
 
 
 def harm(
