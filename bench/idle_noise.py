@@ -41,7 +41,7 @@ CADENCE = 0.5
 BASE = 20.0
 
 
-def write_trace(path: Path, hours: float, seed: int) -> dict:
+def write_trace(path: Path, hours: float, seed: int, spike_pct: float = 2.0, loss_pct: float = 0.3) -> dict:
     rng = random.Random(seed)
     enc = msgspec.json.Encoder()
     n = int(hours * 3600 / CADENCE)
@@ -55,12 +55,12 @@ def write_trace(path: Path, hours: float, seed: int) -> dict:
                 hiccup = (rng.randrange(3), t + rng.uniform(2.0, 8.0))
                 stats["hiccups"] += 1
             path_rtt = BASE + rng.gammavariate(2.0, 1.0)
-            if rng.random() < 0.02:
+            if rng.random() < spike_pct / 100.0:
                 spike = min(2000.0, 5.0 * rng.paretovariate(1.5))
                 path_rtt += spike
                 stats["spikes"] += 1
                 stats["spikes_over_45ms"] += spike >= 45.0
-            whole_poll_lost = rng.random() < 0.003
+            whole_poll_lost = rng.random() < loss_pct / 100.0
             answers = []
             for target in range(3):
                 if whole_poll_lost:
@@ -93,11 +93,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hours", type=float, default=24.0)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--spike-pct", type=float, default=2.0, help="share of polls with a path spike")
+    parser.add_argument("--loss-pct", type=float, default=0.3, help="share of polls lost outright")
     args = parser.parse_args()
     replay = shutil.which("wanctl-replay", path=str(Path(sys.executable).parent))
     with tempfile.TemporaryDirectory() as tmp:
         trace = Path(tmp) / "idle.jsonl"
-        stats = write_trace(trace, args.hours, args.seed)
+        stats = write_trace(trace, args.hours, args.seed, args.spike_pct, args.loss_pct)
         config = Path(tmp) / "wanctl.yaml"
         config.write_text("{}\n")
         done = subprocess.run([replay, str(trace), "--config", str(config)], capture_output=True, check=True)
@@ -106,7 +108,8 @@ def main() -> None:
         d = json.loads(line)
         if d["decision"] == "ENABLE_STEERING":
             enables[d["policy"]] = enables.get(d["policy"], 0) + 1
-    print(f"idle noise: {args.hours:g} h at {1 / CADENCE:g} Hz, seed {args.seed}: {stats['samples']} samples, "
+    print(f"idle noise: {args.hours:g} h at {1 / CADENCE:g} Hz, seed {args.seed}, spikes {args.spike_pct:g} %, "
+          f"lost polls {args.loss_pct:g} %: {stats['samples']} samples, "
           f"{stats['spikes']} path spikes ({stats['spikes_over_45ms']} >= 45 ms), {stats['lost_polls']} lost polls, "
           f"{stats['hiccups']} reflector hiccups")
     per_day = 24.0 / args.hours
