@@ -103,7 +103,7 @@ class ScorerCore:
         outcome = self.engine.process(sample)
         if outcome.cause is None:
             self.dirty = True
-        decisions = outcome.decisions
+        decisions = list(outcome.decisions)
         if decisions:
             for d in decisions:  # the envelope is the shell's
                 d.source, d.epoch = "scorer", self.epoch
@@ -192,14 +192,14 @@ class EngineMetrics:
                 if expired > 0:
                     m.timer_expiries.labels(wan=wan, timer="flap_penalty").inc(expired)
             self._penalty_active[wan] = active
-        errors = engine.counters["confidence_errors"]
+        errors = engine.counters["confidence_errors"] + engine.counters["quality_errors"]
         if self._confidence_errors is not None and errors > self._confidence_errors:
             self._confidence_error_at = now
         self._confidence_errors = errors
         if self._confidence_error_at is not None:
             if now - self._confidence_error_at <= FALLBACK_DEGRADED_S:
                 health.degrade("confidence_policy", (
-                    f"the confidence policy failed on a sample {now - self._confidence_error_at:.0f} s ago "
+                    f"a policy failed on a sample {now - self._confidence_error_at:.0f} s ago "
                     f"({errors} in total); Phase 2A hysteresis decides for it (see the scorer log)"))
             else:
                 health.clear("confidence_policy")

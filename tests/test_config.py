@@ -67,6 +67,14 @@ def test_empty_config_is_valid_and_has_the_seed_defaults():
     ({"scorer": {"confidence": {"sustain": 2}}}, "scorer.confidence.sustain: unknown key"),
     ({"scorer": {"flap": {"enabled": True, "window": 300}}}, "scorer.flap.window: unknown key"),
     ({"phase2b": {}}, "phase2b: unknown key"),
+    ({"scorer": {"shadow": ["quality"]}}, "scorer.shadow: must not name the driving policy (quality)"),
+    ({"scorer": {"policy": "confidence", "shadow": ["hysteresis", "hysteresis"]}},
+     "scorer.shadow: must not repeat a policy"),
+    ({"scorer": {"quality": {"delay_good_ms": 50.0}}},
+     "scorer.quality.delay_good_ms: must be at most delay_bad_ms (45.0), got 50.0"),
+    ({"scorer": {"quality": {"steer_share_pct": 0}}}, "scorer.quality.steer_share_pct: must be >= 1, got 0"),
+    ({"wans": [{"name": "wan1", "queue": "q", "alternate": "wan9"}]},
+     "wans[0].alternate: must name another configured WAN, got 'wan9'"),
 ])
 def test_each_rule_is_enforced_with_key_path_rule_and_value(raw, expected):
     assert expected in problem(raw)
