@@ -68,6 +68,8 @@ test-floors: $(FLOORS_VENV)/.installed
 
 bench: $(STAMP)
 	$(PY) bench/bench_replay.py
+	$(PY) bench/bench_realtraces.py
+	$(PY) bench/idle_noise.py
 	$(PY) bench/bench_pipeline.py
 	$(PY) bench/bench_router.py
 

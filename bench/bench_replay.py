@@ -6,12 +6,21 @@ flapping stretches, probe failures) and times the `wanctl-replay` console
 script on it as a subprocess, printing samples per second and peak RSS.  The
 same run on a trace a tenth as long shows whether memory is flat in length.
 
-    .venv/bin/python bench/bench_replay.py [--samples 1000000]
+Two configs: the default (quality driving, confidence and hysteresis as
+shadows) and Phase 2B with the 2A shadow alone (``policy: confidence,
+shadow: [hysteresis]``, the seed's default work).  ``--against OLD_TREE``
+also times the engine of another checkout (e.g. a copy of an older commit,
+run with this environment's interpreter and ``PYTHONPATH=OLD_TREE``) on the
+same trace and 2B/2A work, interleaved run by run with this tree's, so both
+see the same machine load.
+
+    .venv/bin/python bench/bench_replay.py [--samples 1000000] [--against /tmp/old-wanctl]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import shutil
 import statistics
@@ -71,9 +80,18 @@ def write_trace(path: Path, samples: int, seed: int = 7) -> None:
         out.write(buf)
 
 
-def time_replay(trace: Path, config: Path) -> tuple[float, int, int]:
-    """(seconds, peak RSS in KiB, decisions) of one replay subprocess."""
-    replay = shutil.which("wanctl-replay", path=str(Path(sys.executable).parent))
+def time_replay(trace: Path, config: Path, tree: Path | None = None) -> tuple[float, int, int]:
+    """(seconds, peak RSS in KiB, decisions) of one replay subprocess (of ``tree``'s code when given)."""
+    if tree is None:
+        command = [shutil.which("wanctl-replay", path=str(Path(sys.executable).parent))]
+        env = None
+    else:
+        # This checkout is installed editable (a finder ahead of PYTHONPATH): drop it for the other tree.
+        command = [sys.executable, "-c", (
+            "import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]; "
+            "sys.argv[0] = 'wanctl-replay'; import scorer.replay as r; "
+            "assert r.__file__.startswith(sys.path[1]), r.__file__; r.main()")]
+        env = {**os.environ, "PYTHONPATH": str(tree)}
     script = (
         "import resource, subprocess, sys, time\n"
         "t0 = time.perf_counter()\n"
@@ -82,38 +100,63 @@ def time_replay(trace: Path, config: Path) -> tuple[float, int, int]:
         "print(dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.stdout.count(b'\\n'))\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", script, replay, str(trace), "--config", str(config)],
-        capture_output=True, text=True, check=True,
+        [sys.executable, "-c", script, *command, str(trace), "--config", str(config)],
+        capture_output=True, text=True, check=True, env=env, cwd=None if tree is None else str(tree),
     ).stdout.split()
     return float(out[0]), int(out[1]), int(out[2])
+
+
+def report(label: str, n: int, size: int, runs: list) -> list[float]:
+    rates = sorted(n / seconds for seconds, _, _ in runs)
+    print(
+        f"{label}: replay {n:>9,} samples ({size / 1e6:.0f} MB), {len(runs)} runs: "
+        f"best {rates[-1]:,.0f} samples/s, median {statistics.median(rates):,.0f}, "
+        f"worst {rates[0]:,.0f}; peak RSS {max(r for _, r, _ in runs) / 1024:.1f} MiB, {runs[0][2]} decisions"
+    )
+    return rates
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3, help="timed replays of each trace (figures: best and median)")
+    parser.add_argument("--against", type=Path, help="another checkout's tree to time interleaved (2B/2A work)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        config = tmp / "wanctl.yaml"
-        config.write_text("scorer:\n  shadow: true\n")
+        default = tmp / "default.yaml"
+        default.write_text("{}\n")
+        seed = tmp / "seed.yaml"
+        seed.write_text("scorer:\n  policy: confidence\n  shadow: [hysteresis]\n")
+        old_seed = tmp / "old-seed.yaml"  # before the quality policy, shadow: true meant hysteresis alone
+        old_seed.write_text("scorer:\n  policy: confidence\n  shadow: true\n")
         peak = {}
+        rates: list[float] = []
         for n in (args.samples // 10, args.samples):
             trace = tmp / f"trace-{n}.jsonl"
             write_trace(trace, n)
-            runs = [time_replay(trace, config) for _ in range(args.runs)]
-            rates = sorted(n / seconds for seconds, _, _ in runs)
-            peak[n] = max(rss for _, rss, _ in runs)
-            print(
-                f"replay {n:>9,} samples ({trace.stat().st_size / 1e6:.0f} MB), {args.runs} runs: "
-                f"best {rates[-1]:,.0f} samples/s, median {statistics.median(rates):,.0f}, "
-                f"worst {rates[0]:,.0f}; peak RSS {peak[n] / 1024:.1f} MiB, {runs[0][2]} decisions"
-            )
+            size = trace.stat().st_size
+            runs = {"default (quality + shadows)": [], "2B + 2A shadow": [], "2B + 2A shadow, old tree": []}
+            for _ in range(args.runs):
+                runs["default (quality + shadows)"].append(time_replay(trace, default))
+                runs["2B + 2A shadow"].append(time_replay(trace, seed))
+                if args.against is not None:
+                    runs["2B + 2A shadow, old tree"].append(time_replay(trace, old_seed, args.against))
+            for label, got in runs.items():
+                if got:
+                    r = report(label, n, size, got)
+                    if label.startswith("default"):
+                        rates = r
+                        peak[n] = max(rss for _, rss, _ in got)
+            if args.against is not None:
+                new = statistics.median(n / s for s, _, _ in runs["2B + 2A shadow"])
+                old = statistics.median(n / s for s, _, _ in runs["2B + 2A shadow, old tree"])
+                print(f"  2B + 2A shadow: this tree / old tree = {new / old:.3f} (median rates)")
         small, large = sorted(peak)
         print(f"memory: {peak[small] / 1024:.1f} MiB at {small:,} samples, {peak[large] / 1024:.1f} MiB at {large:,}")
         median = statistics.median(rates)
-        print(f"target {TARGET:,} samples/s: median {'met' if median >= TARGET else 'NOT met'} ({median:,.0f}), "
-              f"best {'met' if rates[-1] >= TARGET else 'NOT met'} ({rates[-1]:,.0f})")
+        print(f"target {TARGET:,} samples/s (default config): median {'met' if median >= TARGET else 'NOT met'} "
+              f"({median:,.0f}), best {'met' if rates[-1] >= TARGET else 'NOT met'} ({rates[-1]:,.0f})")
 
 
 if __name__ == "__main__":

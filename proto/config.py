@@ -89,15 +89,50 @@ class Hysteresis(Section):
     green_samples_required: Count = 15
 
 
+PolicyName = Literal["quality", "confidence", "hysteresis"]
+POLICIES: tuple[str, ...] = ("quality", "confidence", "hysteresis")  # also the shadows' emission order
+
+
+class QualityFlap(Section):
+    """The quality policy's flap brake: at most ``max_enables`` ENABLEs in any ``window_s``."""
+
+    max_enables: Count = 4
+    window_s: Positive = 3600.0
+
+
+class Quality(Section):
+    """The quality policy (docs/scoring.md has every rule)."""
+
+    window_s: Positive = 4.0  # the steering window: bad share over the last window_s
+    steer_share_pct: Annotated[int, msgspec.Meta(ge=1, le=100)] = 60  # bad share that steers
+    min_samples: Count = 4  # measured samples the window needs before it can steer
+    sustain_s: NonNegative = 2.0  # the oldest bad sample of the window is at least this old
+    delay_bad_ms: NonNegative = 45.0  # excess delay that makes a sample bad
+    delay_good_ms: NonNegative = 40.0  # excess delay below which a sample is good
+    queue_bad_ms: NonNegative = 45.0  # queue delay that makes a sample bad
+    queue_good_ms: NonNegative = 40.0  # queue delay below which a sample is good
+    loss_bad_pct: Annotated[float, msgspec.Meta(gt=0, le=100)] = 50.0  # a poll losing this share of probes is lost
+    hold_down_s: NonNegative = 20.0  # steered at least this long before recovery is judged
+    recovery_window_s: Positive = 5.0  # the recovery window
+    recovery_share_pct: Annotated[int, msgspec.Meta(ge=1, le=100)] = 80  # good share that recovers
+    summary_window_s: Positive = 10.0  # per-WAN summary for the alternate check
+    alternate_stale_s: Positive = 10.0  # an alternate unmeasured this long is stale
+    alternate_down_loss_pct: Annotated[float, msgspec.Meta(gt=0, le=100)] = 50.0  # summary loss that means down
+    alternate_margin_ms: NonNegative = 0.0  # the alternate is worse when its RTT p50 exceeds the primary's by more
+    alternate_loss_margin_pct: Annotated[float, msgspec.Meta(ge=0, le=100)] = 20.0  # ... or its loss by more
+    flap: QualityFlap = msgspec.field(default_factory=QualityFlap)
+
+
 class Scorer(Section):
-    policy: Literal["confidence", "hysteresis"] = "confidence"
-    shadow: bool = True
+    policy: PolicyName = "quality"
+    shadow: bool | list[PolicyName] = True
     max_gap_s: Positive = 5.0
     assess: Assess = msgspec.field(default_factory=Assess)
     confidence: Confidence = msgspec.field(default_factory=Confidence)
     recovery: Recovery = msgspec.field(default_factory=Recovery)
     flap: Flap = msgspec.field(default_factory=Flap)
     hysteresis: Hysteresis = msgspec.field(default_factory=Hysteresis)
+    quality: Quality = msgspec.field(default_factory=Quality)
     # Process settings (not used by the engine itself).
     state_path: str = "var/scorer-state.msgpack"
     journal_path: str = "var/scorer-journal.jsonl"
@@ -173,6 +208,7 @@ class Wan(Section):
     interval_s: Positive = 0.5  # poll period
     autorate_state_file: str | None = None  # baseline RTT and wan_zone from autorate
     rate_mbps: Annotated[float, msgspec.Meta(gt=0, le=1e6)] | None = None  # queue rate when its max-limit is unset
+    alternate: str | None = None  # the WAN this WAN's steered traffic goes to (the quality policy's do-no-harm check)
 
 
 class Collector(Section):
@@ -314,7 +350,23 @@ def _cross_field_problems(cfg: Config) -> list[str]:
         problems.append(
             f"scorer.recovery.allowed_states: must not repeat a state, got {s.recovery.allowed_states}"
         )
+    if isinstance(s.shadow, list):
+        for name in s.shadow:
+            if name == s.policy:
+                problems.append(f"scorer.shadow: must not name the driving policy ({s.policy}), got {s.shadow}")
+        if len(set(s.shadow)) != len(s.shadow):
+            problems.append(f"scorer.shadow: must not repeat a policy, got {s.shadow}")
+    q = s.quality
+    if not q.delay_good_ms <= q.delay_bad_ms:
+        problems.append(f"scorer.quality.delay_good_ms: must be at most delay_bad_ms ({q.delay_bad_ms}), "
+                        f"got {q.delay_good_ms}")
+    if not q.queue_good_ms <= q.queue_bad_ms:
+        problems.append(f"scorer.quality.queue_good_ms: must be at most queue_bad_ms ({q.queue_bad_ms}), "
+                        f"got {q.queue_good_ms}")
     names = [w.name for w in cfg.wans]
+    for i, wan in enumerate(cfg.wans):
+        if wan.alternate is not None and (wan.alternate == wan.name or wan.alternate not in names):
+            problems.append(f"wans[{i}].alternate: must name another configured WAN, got {wan.alternate!r}")
     for i, name in enumerate(names):
         if name in names[:i]:
             problems.append(f"wans[{i}].name: must be unique, got {name!r} twice")

@@ -17,6 +17,7 @@ DEGRADED = "DEGRADED"
 ENABLE = "ENABLE_STEERING"
 DISABLE = "DISABLE_STEERING"
 CAKE_STATES = ("GREEN", "YELLOW", "SOFT_RED", "RED")
+RTT_STATUSES = ("ok", "lost", "unavailable")
 
 SteeringState = Literal["GOOD", "DEGRADED"]
 Direction = Literal["ENABLE_STEERING", "DISABLE_STEERING"]
@@ -52,9 +53,9 @@ class Telemetry(Envelope, tag="telemetry"):
     wan_zone: str | None = None
     cake_state: str | None = None
     steering_active: bool | None = None
-    queue_delay_ms: float | None = None
-    rtt_status: str | None = None
-    loss_pct: float | None = None
+    queue_delay_ms: float | None = None  # the CAKE backlog as time
+    rtt_status: str | None = None  # ok | lost | unavailable; null: ok when rtt_ms is set, else unavailable
+    loss_pct: float | None = None  # share of the poll's probes that were lost
 
 
 class Decision(Envelope, tag="decision"):

@@ -3,8 +3,9 @@
 Reads the logger's ``decisions.jsonl`` (and, with ``--trace``, a telemetry
 trace) in one streaming pass each and reports: steering episodes per policy
 (count, total and median time steered), decisions per day, flap-brake
-activations, the confidence distribution, timer expiries, and Phase 2B
-(``confidence``) against Phase 2A (``hysteresis``) from the shadow decisions.
+activations, the confidence distribution, timer expiries, and every pair of
+policies that appear in the log (``quality``, ``confidence`` = Phase 2B,
+``hysteresis`` = Phase 2A; driving and shadows alike) against each other.
 
 What the decision log cannot tell is said, not guessed:
 
@@ -15,8 +16,10 @@ What the decision log cannot tell is said, not guessed:
   ``flap_penalty`` flag at its sample, but a penalty that starts and expires
   between two decisions of its WAN never shows in it (SPEC 5.5: a penalty
   that a decision starts shows from the next sample on).  So the report
-  replays the flap-brake rule over the confidence policy's toggles (its
-  decisions and the fallback's) with the ``scorer.flap`` settings of
+  replays the flap-brake rule (``scorer.flap``, the scorer's own
+  implementation) over the confidence policy's toggles (its decisions and,
+  when it drives, the fallback's), checked against the flag of every
+  confidence and hysteresis decision, with the ``scorer.flap`` settings of
   ``--config`` (defaults otherwise) and checks the replay against the flag of
   every logged decision.  When all agree, the replayed count is reported
   (``counted_by: replay``); when any disagrees (other flap settings, a clock
@@ -24,7 +27,8 @@ What the decision log cannot tell is said, not guessed:
   false to true between consecutive decisions of a WAN (``counted_by:
   flag``), a lower bound, and the report says so.
 - Episodes are split by policy; the fallback's decisions (``fallback: true``)
-  belong to the confidence policy's episodes, since they are applied to its
+  belong to the driving policy's episodes (the policy of the last driving
+  non-fallback decision; confidence before any), since they are applied to its
   state.  An episode still open at the end is counted up to the last
   decision's ``t``; ``t`` running backwards (a new monotonic clock) makes the
   length of an episode that spans it unknown: it is counted but not timed.
@@ -48,11 +52,13 @@ import typer
 
 from proto.config import Flap, config_or_exit
 from proto.messages import DEGRADED, DISABLE, ENABLE, GOOD
+from scorer.flap import record_toggle
 
+QUALITY = "quality"
 CONFIDENCE = "confidence"
 HYSTERESIS = "hysteresis"
-POLICIES = (CONFIDENCE, HYSTERESIS)
-PHASE = {CONFIDENCE: "Phase 2B", HYSTERESIS: "Phase 2A"}
+POLICIES = (QUALITY, CONFIDENCE, HYSTERESIS)
+PHASE = {QUALITY: "quality", CONFIDENCE: "Phase 2B", HYSTERESIS: "Phase 2A"}
 HISTOGRAM_EDGES = list(range(0, 101, 10))
 TOLERANCE_S = 1e-6  # SPEC 5: every comparison of times
 MAX_SHOWN_PROBLEMS = 20  # malformed lines printed one by one; the rest only counted
@@ -66,7 +72,7 @@ class DecisionLine(msgspec.Struct, kw_only=True):
     seq: int
     wan: str
     t: float
-    policy: Literal["confidence", "hysteresis"]
+    policy: Literal["quality", "confidence", "hysteresis"]
     driving: bool
     decision: Literal["ENABLE_STEERING", "DISABLE_STEERING"]
     state: Literal["DEGRADED", "GOOD"]
@@ -183,15 +189,10 @@ class FlapBrakeReplay:
             self.toggles.clear()
             self.deadline = None
         self.last_t = t
-        self.toggles = [x for x in self.toggles if x > t - f.window_s + TOLERANCE_S]
-        self.toggles.append(t)
-        while len(self.toggles) > f.max_toggles + 1:
-            self.toggles.pop(0)
-        active = self.deadline is not None and t < self.deadline - TOLERANCE_S
-        if len(self.toggles) > f.max_toggles and not active:
-            self.deadline = t + f.penalty_s
+        deadline = record_toggle(self.toggles, t, f.window_s, f.max_toggles, self.deadline, f.penalty_s)
+        if deadline is not None:
+            self.deadline = deadline
             self.started_t = t
-            self.toggles.clear()
             self.activations += 1
 
 
@@ -255,6 +256,7 @@ class DecisionLog:
         self.penalty_flag: dict[str, bool] = {}
         self.penalty_onsets: Counter[str] = Counter()
         self.flap_replay: dict[str, FlapBrakeReplay] = {}
+        self.driving_policy = CONFIDENCE
         self.wan_last_t: dict[str, float] = {}
         self.timeline: dict[str, list[DecisionLine]] = defaultdict(list)
 
@@ -291,7 +293,9 @@ class DecisionLog:
 
     def add(self, d: DecisionLine) -> None:
         self.decisions += 1
-        policy = CONFIDENCE if d.fallback else d.policy  # the fallback decides for the confidence policy
+        if d.driving and not d.fallback:
+            self.driving_policy = d.policy
+        policy = self.driving_policy if d.fallback else d.policy  # the fallback decides for the driving policy
         self.by_policy[d.policy] += 1
         self.by_direction[(policy, d.decision)] += 1
         if d.fallback:
@@ -338,12 +342,14 @@ class DecisionLog:
                 episode.end_t, episode.end_wall = d.t, d.wall
 
         # Flap brake: the flag as logged, and the rule replayed over the toggles.
-        was = self.penalty_flag.get(d.wan, False)
-        if d.flap_penalty and not was:
-            self.penalty_onsets[d.wan] += 1
-        self.penalty_flag[d.wan] = d.flap_penalty
+        if d.policy != QUALITY:
+            was = self.penalty_flag.get(d.wan, False)
+            if d.flap_penalty and not was:
+                self.penalty_onsets[d.wan] += 1
+            self.penalty_flag[d.wan] = d.flap_penalty
         replay = self.flap_replay.setdefault(d.wan, FlapBrakeReplay(self.flap))
-        replay.check(d.t, d.flap_penalty)
+        if d.policy != QUALITY:  # a quality decision's flag is its own ENABLE cap
+            replay.check(d.t, d.flap_penalty)
         if policy == CONFIDENCE:
             replay.toggle(d.t)
 
@@ -406,25 +412,33 @@ def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     return max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
 
 
-def compare_policies(log: DecisionLog, spans: dict[str, tuple[float, float]]) -> dict[str, Any]:
-    """Phase 2B against Phase 2A on every WAN both have decisions for.
+def present_policies(log: DecisionLog) -> list[str]:
+    """The policies with decisions in the log (the fallback's count for the driving policy)."""
+    return [p for p in POLICIES if log.episodes[p] or log.by_policy[p]
+            or (p == log.driving_policy and log.fallbacks)]
 
-    Episodes overlap in time or they do not: a 2B episode overlapping at least one 2A
-    episode is "both"; its start offset is 2B's start minus the first overlapping 2A
-    start (negative: 2B steered earlier), its end offset 2B's end minus the last
-    overlapping 2A end (when both ended).  Time agreement is the share of the span in
+
+def compare_policies(log: DecisionLog, spans: dict[str, tuple[float, float]],
+                     a: str = CONFIDENCE, b: str = HYSTERESIS) -> dict[str, Any]:
+    """Policy ``a`` against policy ``b`` on every WAN both have decisions for.
+
+    Episodes overlap in time or they do not: an ``a`` episode overlapping at least one
+    ``b`` episode is "both"; its start offset is a's start minus the first overlapping b
+    start (negative: a steered earlier), its end offset a's end minus the last
+    overlapping b end (when both ended).  Time agreement is the share of the span in
     which both policies were in the same state (both assumed GOOD before the first
-    decision).
+    decision).  Keys name the policies: ``only_<a>``, ``<a>_earlier``, ...
     """
-    if not (log.by_policy[CONFIDENCE] or log.fallbacks) or not log.by_policy[HYSTERESIS]:
-        present = [p for p in POLICIES if log.by_policy[p]]
+    present = present_policies(log)
+    if a not in present or b not in present:
         return {
             "derivable": False,
+            "policies": [a, b],
             "reason": "the log holds decisions of "
             + (" and ".join(present) if present else "no policy")
-            + " only: run the scorer with scorer.shadow: true to record the other policy",
+            + f" only: run the scorer with scorer.shadow: true to record both {a} and {b}",
         }
-    wans = sorted({e.wan for p in POLICIES for e in log.episodes[p]} | set(spans))
+    wans = sorted({e.wan for p in (a, b) for e in log.episodes[p]} | set(spans))
     both = only_2b = only_2a = 0
     start_offsets: list[float] = []
     end_offsets: list[float] = []
@@ -436,30 +450,30 @@ def compare_policies(log: DecisionLog, spans: dict[str, tuple[float, float]]) ->
         span = (log.first_t, log.last_t)
         if wan in spans:
             span = (min(span[0], spans[wan][0]), max(span[1], spans[wan][1]))
-        b_list = sorted((x[0], span[1] if x[2] else x[1], x[2]) for x in log.intervals(CONFIDENCE, wan))
-        a_list = sorted((x[0], span[1] if x[2] else x[1], x[2]) for x in log.intervals(HYSTERESIS, wan))
+        b_list = sorted((x[0], span[1] if x[2] else x[1], x[2]) for x in log.intervals(a, wan))
+        a_list = sorted((x[0], span[1] if x[2] else x[1], x[2]) for x in log.intervals(b, wan))
         matched_a: set[int] = set()
         overlap = 0.0
         j = 0  # a policy's episodes on a WAN are disjoint, so one sweep finds every overlap
-        for b in b_list:
-            while j < len(a_list) and a_list[j][1] < b[0]:
+        for eb in b_list:
+            while j < len(a_list) and a_list[j][1] < eb[0]:
                 j += 1
             hits = []
             k = j
-            while k < len(a_list) and a_list[k][0] <= b[1]:
+            while k < len(a_list) and a_list[k][0] <= eb[1]:
                 hits.append(k)
-                overlap += _overlap(a_list[k], b)
+                overlap += _overlap(a_list[k], eb)
                 k += 1
             if not hits:
                 only_2b += 1
-                differences.append({"wan": wan, "kind": "only_confidence", "start_t": b[0], "length_s": b[1] - b[0]})
+                differences.append({"wan": wan, "kind": f"only_{a}", "start_t": eb[0], "length_s": eb[1] - eb[0]})
                 continue
             both += 1
             matched_a.update(hits)
             first, last = a_list[hits[0]], a_list[hits[-1]]
-            start = b[0] - first[0]
+            start = eb[0] - first[0]
             start_offsets.append(start)
-            end = None if b[2] or last[2] else b[1] - last[1]
+            end = None if eb[2] or last[2] else eb[1] - last[1]
             if end is not None:
                 end_offsets.append(end)
             if abs(start) > TOLERANCE_S or (end is not None and abs(end) > TOLERANCE_S) or len(hits) > 1:
@@ -467,16 +481,16 @@ def compare_policies(log: DecisionLog, spans: dict[str, tuple[float, float]]) ->
                     {
                         "wan": wan,
                         "kind": "both",
-                        "start_t": b[0],
+                        "start_t": eb[0],
                         "start_offset_s": round(start, 6),
                         "end_offset_s": None if end is None else round(end, 6),
-                        "hysteresis_episodes": len(hits),
+                        f"{b}_episodes": len(hits),
                     }
                 )
-        for i, a in enumerate(a_list):
+        for i, ea in enumerate(a_list):
             if i not in matched_a:
                 only_2a += 1
-                differences.append({"wan": wan, "kind": "only_hysteresis", "start_t": a[0], "length_s": a[1] - a[0]})
+                differences.append({"wan": wan, "kind": f"only_{b}", "start_t": ea[0], "length_s": ea[1] - ea[0]})
         length = span[1] - span[0]
         if length > 0:
             steered_b = sum(x[1] - x[0] for x in b_list)
@@ -490,25 +504,26 @@ def compare_policies(log: DecisionLog, spans: dict[str, tuple[float, float]]) ->
 
     return {
         "derivable": True,
+        "policies": [a, b],
         "episodes": {
-            CONFIDENCE: len(log.episodes[CONFIDENCE]),
-            HYSTERESIS: len(log.episodes[HYSTERESIS]),
+            a: len(log.episodes[a]),
+            b: len(log.episodes[b]),
         },
         "both": both,
-        "only_confidence": only_2b,
-        "only_hysteresis": only_2a,
+        f"only_{a}": only_2b,
+        f"only_{b}": only_2a,
         "time_agreement_pct": round(100 * (1 - disagree_total / span_total), 3) if span_total > 0 else None,
         "span_s": round(span_total, 6),
         "start_offset_s": {
             "median": _median(start_offsets),
-            "confidence_earlier": sum(1 for x in start_offsets if x < -TOLERANCE_S),
-            "confidence_later": sum(1 for x in start_offsets if x > TOLERANCE_S),
+            f"{a}_earlier": sum(1 for x in start_offsets if x < -TOLERANCE_S),
+            f"{a}_later": sum(1 for x in start_offsets if x > TOLERANCE_S),
             "same": sum(1 for x in start_offsets if abs(x) <= TOLERANCE_S),
         },
         "end_offset_s": {
             "median": _median(end_offsets),
-            "confidence_earlier": sum(1 for x in end_offsets if x < -TOLERANCE_S),
-            "confidence_later": sum(1 for x in end_offsets if x > TOLERANCE_S),
+            f"{a}_earlier": sum(1 for x in end_offsets if x < -TOLERANCE_S),
+            f"{a}_later": sum(1 for x in end_offsets if x > TOLERANCE_S),
             "same": sum(1 for x in end_offsets if abs(x) <= TOLERANCE_S),
         },
         "differences": differences,
@@ -632,6 +647,9 @@ def build_report(log: DecisionLog, trace: Optional[Trace]) -> dict[str, Any]:
         "seq": {"gaps": log.seq_gaps, "missing": log.seq_missing, "not_increasing": log.seq_backwards},
         "clock_restarts": log.clock_restarts,
         "comparison": compare_policies(log, trace.spans if trace else {}),
+        "comparisons": {f"{a}_vs_{b}": compare_policies(log, trace.spans if trace else {}, a, b)
+                        for i, a in enumerate(present_policies(log))
+                        for b in present_policies(log)[i + 1:]},
     }
     if trace is not None:
         report["trace"] = trace.summary()
@@ -651,8 +669,12 @@ def _duration(seconds: Optional[float]) -> str:
     return f"{sign}{s:.1f} s"
 
 
+def _label(policy: str) -> str:
+    return policy if PHASE[policy] == policy else f"{PHASE[policy]} ({policy})"
+
+
 def _relative(offset: Optional[float]) -> str:
-    """A confidence-minus-hysteresis offset in words."""
+    """An offset of one policy against another, in words."""
     if offset is None:
         return "- (still steering at the end)"
     if abs(offset) <= TOLERANCE_S:
@@ -731,32 +753,34 @@ def format_text(report: dict[str, Any], log: DecisionLog) -> str:
                f"{t['hysteresis_green_counts_completed']}")
     out.append(f"  resets: {t['resets_note']}")
     out.append("")
-    c = report["comparison"]
-    out.append("Phase 2B (confidence) vs Phase 2A (hysteresis)")
-    if not c["derivable"]:
-        out.append(f"  not derivable: {c['reason']}")
-    else:
-        out.append(f"  episodes: confidence {c['episodes'][CONFIDENCE]}, hysteresis {c['episodes'][HYSTERESIS]}; "
-                   f"overlapping {c['both']}, only confidence {c['only_confidence']}, "
-                   f"only hysteresis {c['only_hysteresis']}")
+    pairs = list(report["comparisons"].values()) or [report["comparison"]]
+    for c in pairs:
+        a, b = c["policies"]
+        out.append(f"{_label(a)} vs {_label(b)}")
+        if not c["derivable"]:
+            out.append(f"  not derivable: {c['reason']}")
+            continue
+        out.append(f"  episodes: {a} {c['episodes'][a]}, {b} {c['episodes'][b]}; "
+                   f"overlapping {c['both']}, only {a} {c[f'only_{a}']}, only {b} {c[f'only_{b}']}")
         if c["time_agreement_pct"] is not None:
             out.append(f"  same state {c['time_agreement_pct']:.2f}% of {_duration(c['span_s'])}")
         so, eo = c["start_offset_s"], c["end_offset_s"]
-        out.append(f"  start: confidence earlier {so['confidence_earlier']}, later {so['confidence_later']}, "
+        out.append(f"  start: {a} earlier {so[f'{a}_earlier']}, later {so[f'{a}_later']}, "
                    f"same {so['same']}; median: {_relative(so['median'])}")
-        out.append(f"  end:   confidence earlier {eo['confidence_earlier']}, later {eo['confidence_later']}, "
+        out.append(f"  end:   {a} earlier {eo[f'{a}_earlier']}, later {eo[f'{a}_later']}, "
                    f"same {eo['same']}; median: {_relative(eo['median'])}")
         diffs = c["differences"]
         if diffs:
             out.append(f"  where they differ ({len(diffs)}" + (", first 20" if len(diffs) > 20 else "") + "):")
         for d in diffs[:20]:
             if d["kind"] == "both":
-                out.append(f"    {d['wan']} t={d['start_t']:.1f}: both steered; confidence started "
+                out.append(f"    {d['wan']} t={d['start_t']:.1f}: both steered; {a} started "
                            f"{_relative(d['start_offset_s'])}, ended {_relative(d['end_offset_s'])}"
-                           + (f", over {d['hysteresis_episodes']} hysteresis episodes" if d["hysteresis_episodes"] > 1 else ""))
+                           + (f", over {d[f'{b}_episodes']} {b} episodes" if d[f"{b}_episodes"] > 1 else ""))
             else:
-                who = CONFIDENCE if d["kind"] == "only_confidence" else HYSTERESIS
+                who = a if d["kind"] == f"only_{a}" else b
                 out.append(f"    {d['wan']} t={d['start_t']:.1f}: only {who} steered, for {_duration(d['length_s'])}")
+        out.append("")
     if "trace" in report:
         tr = report["trace"]
         out.append("")

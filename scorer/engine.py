@@ -1,4 +1,4 @@
-"""The confidence scorer engine (SPEC section 5), sans-I/O.
+"""The scorer engine (SPEC section 5 and docs/scoring.md), sans-I/O.
 
 Samples go in with their own monotonic ``t``; decisions come out.  Nothing here
 reads a clock, opens a socket or writes a file, so the scorer process and
@@ -16,7 +16,7 @@ import math
 
 import msgspec
 
-from proto.config import Scorer
+from proto.config import POLICIES, Scorer, Wan
 from proto.messages import (
     CAKE_STATES,
     DEGRADED,
@@ -26,8 +26,12 @@ from proto.messages import (
     SCHEMA_VERSION,
     Decision,
     State,
+    RTT_STATUSES,
     Telemetry,
 )
+from scorer import flap as _flap
+from scorer import quality as _quality
+from scorer.quality import QUALITY, QualityState, WanSummary
 
 TOL = 1e-6
 
@@ -41,9 +45,36 @@ NEGATIVE = "negative_value"
 UNKNOWN_STATE = "unknown_state"
 OUT_OF_ORDER = "out_of_order"
 
+# What happened to a sample (``Outcome.status``).
+SCORED = "scored"
+IGNORED = "ignored"  # accepted, but null RTT or baseline: 2B/2A do not score it (the quality policy sees it)
+REJECTED = "rejected"
+
 _KNOWN_STATES = frozenset(CAKE_STATES)
+_KNOWN_RTT_STATUSES = frozenset(RTT_STATUSES)
 _isfinite = math.isfinite
-_NONE: list = []  # shared empty result: callers must not mutate what process() returns
+_NONE: tuple = ()
+
+
+class Outcome:
+    """What ``Engine.process`` made of one sample: its decisions (driving first,
+    without the envelope: the shell stamps ``source`` and ``epoch``), and
+    whether the sample was scored, ignored or rejected (with its cause)."""
+
+    __slots__ = ("decisions", "status", "cause")
+
+    def __init__(self, decisions, status: str, cause: str | None = None):
+        self.decisions = decisions
+        self.status = status
+        self.cause = cause
+
+    def __repr__(self) -> str:
+        return f"Outcome({self.status}, cause={self.cause}, decisions={len(self.decisions)})"
+
+
+_SCORED_NONE = Outcome(_NONE, SCORED)
+_IGNORED_NONE = Outcome(_NONE, IGNORED)
+_REJECTED = {c: Outcome(_NONE, REJECTED, c) for c in (BAD_VERSION, NON_FINITE, NEGATIVE, UNKNOWN_STATE, OUT_OF_ORDER)}
 _NO_CONTRIBUTORS: list[str] = []
 # Histories are trimmed back to 3 entries whenever they grow past this.
 _HISTORY_MAX = 16
@@ -57,7 +88,7 @@ def rejection_cause(s: Telemetry) -> str | None:
         return BAD_VERSION
     if not (_isfinite(s.t) and _isfinite(s.wall)):
         return NON_FINITE
-    for value in (s.rtt_ms, s.baseline_rtt_ms, s.drops_per_sec, s.queue_depth_pct):
+    for value in (s.rtt_ms, s.baseline_rtt_ms, s.drops_per_sec, s.queue_depth_pct, s.queue_delay_ms, s.loss_pct):
         if value is not None:
             if not _isfinite(value):
                 return NON_FINITE
@@ -66,6 +97,8 @@ def rejection_cause(s: Telemetry) -> str | None:
     if s.cake_state is not None and s.cake_state not in _KNOWN_STATES:
         return UNKNOWN_STATE
     if s.wan_zone is not None and s.wan_zone not in _KNOWN_STATES:
+        return UNKNOWN_STATE
+    if s.rtt_status is not None and s.rtt_status not in _KNOWN_RTT_STATUSES:
         return UNKNOWN_STATE
     return None
 
@@ -253,19 +286,10 @@ class ConfidencePolicy(msgspec.Struct):
 
     def record_toggle(self, p: Params, t: float) -> None:
         """Seed W1: prune before appending, never hold more than max_toggles + 1."""
-        flap = self.flap
-        cutoff = t - p.window + TOL
-        drop = 0
-        while drop < len(flap) and flap[drop] <= cutoff:
-            drop += 1
-        del flap[:drop]
-        flap.append(t)
-        if len(flap) > p.max_toggles + 1:
-            del flap[: len(flap) - p.max_toggles - 1]
-        if len(flap) > p.max_toggles and not self.penalty_active(t):
-            self.penalty_until = t + p.penalty_s
+        deadline = _flap.record_toggle(self.flap, t, p.window, p.max_toggles, self.penalty_until, p.penalty_s)
+        if deadline is not None:
+            self.penalty_until = deadline
             self.penalties += 1
-            flap.clear()
 
     def shift(self, by: float) -> None:
         """Move every absolute time onto a new clock (a new ``stream``)."""
@@ -290,6 +314,8 @@ class WanScorer(msgspec.Struct):
     confidence_policy: ConfidencePolicy = msgspec.field(default_factory=ConfidencePolicy)
     hysteresis_policy: Hysteresis = msgspec.field(default_factory=Hysteresis)
     fallback: Hysteresis = msgspec.field(default_factory=Hysteresis)
+    quality: QualityState = msgspec.field(default_factory=QualityState)
+    summary: WanSummary = msgspec.field(default_factory=WanSummary)
     decision_seq: int = 0  # last decision that set the driving state
     last_score: tuple[int, int, bool] = (0, 0, False)  # confidence, threshold, flap_penalty
 
@@ -315,16 +341,23 @@ class Snapshot(msgspec.Struct):
 
 
 class Engine:
-    """Section 5 over any number of WANs, in arrival order."""
+    """Section 5 and the quality policy over any number of WANs, in arrival order.
 
-    def __init__(self, cfg: Scorer, *, epoch: int = 0, next_seq: int = 1, source: str = "scorer"):
+    ``wans`` (the config's WAN list) only matters for the quality policy's
+    alternate check; without it, or without any ``alternate``, the check is off.
+    ``epoch``/``source`` only stamp the published states; decisions leave
+    ``process`` without their envelope.
+    """
+
+    def __init__(self, cfg: Scorer, *, wans: list[Wan] | None = None, epoch: int = 0, next_seq: int = 1,
+                 source: str = "scorer"):
         self.cfg = cfg
         self.params = Params(cfg)
+        self.quality_cfg = cfg.quality
         self.epoch = epoch
         self.source = source
         self.next_seq = next_seq
         self.wans: dict[str, WanScorer] = {}
-        self.last_rejection: str | None = None
         self.rejected: dict[str, int] = {}
         self._counters: dict[str, int] = {
             "scored": 0,
@@ -334,11 +367,31 @@ class Engine:
             "fallbacks": 0,
             "confidence_errors": 0,
             "decisions": 0,
+            "quality_errors": 0,
+            "quality_holds_alternate_worse": 0,
+            "quality_holds_alternate_down": 0,
+            "quality_holds_alternate_stale": 0,
+            "quality_holds_flap_hold": 0,
+            "quality_steer_backs": 0,
         }
-        self.driving_confidence = cfg.policy == CONFIDENCE
-        self.confidence_running = self.driving_confidence or cfg.shadow
-        self.hysteresis_running = not self.driving_confidence or cfg.shadow
+        self.alternates = {w.name: w.alternate for w in (wans or []) if w.alternate}
+        policy = cfg.policy
+        if cfg.shadow is True:
+            shadows = [x for x in POLICIES if x != policy]
+        elif cfg.shadow is False:
+            shadows = []
+        else:
+            shadows = [x for x in POLICIES if x in cfg.shadow and x != policy]
+        self.shadows = shadows
+        running = {policy, *shadows}
+        self.driving = policy
+        self.driving_confidence = policy == CONFIDENCE
+        self.driving_quality = policy == QUALITY
+        self.confidence_running = CONFIDENCE in running
+        self.hysteresis_running = HYSTERESIS in running
+        self.quality_running = QUALITY in running
         self.flap_running = self.confidence_running and cfg.flap.enabled
+        self._summaries = bool(self.alternates) and self.quality_running
 
     @property
     def counters(self) -> dict[str, int]:
@@ -348,40 +401,89 @@ class Engine:
 
     # --- the one entry point ------------------------------------------------
 
-    def process(self, s: Telemetry) -> list[Decision]:
-        """Score one sample; return the decisions it causes (driving first)."""
+    def process(self, s: Telemetry) -> Outcome:
+        """Score one sample: its decisions (driving first) and what became of it."""
         t = s.t
         rtt, base, drops, queue = s.rtt_ms, s.baseline_rtt_ms, s.drops_per_sec, s.queue_depth_pct
         w = self.wans.get(s.wan)
         # The common case, checked cheaply: a complete sample without state
-        # strings, of a known WAN on its current stream, in order.  A sum of
-        # finite numbers is finite (x - x == 0 is false for NaN and infinities).
-        # Anything else, and the rare overflow of the sum, takes _admit.
+        # strings or the optional fields, of a known WAN on its current stream,
+        # in order.  A sum of finite numbers is finite (x - x == 0 is false for
+        # NaN and infinities).  Anything else, and the rare overflow of the sum,
+        # takes _admit.
         fast = False
         if (w is not None and s.stream == w.stream and rtt is not None and base is not None
                 and drops is not None and queue is not None and s.cake_state is None
-                and s.wan_zone is None and s.v == SCHEMA_VERSION):
+                and s.wan_zone is None and s.v == SCHEMA_VERSION and s.rtt_status is None
+                and s.queue_delay_ms is None and s.loss_pct is None):
             total = t + s.wall + rtt + base + drops + queue
             fast = (total - total == 0.0 and rtt >= 0.0 and base >= 0.0 and drops >= 0.0
                     and queue >= 0.0 and t - w.last_t > TOL)
         if fast:
-            self.last_rejection = None
             w.last_t = t
         else:
             w = self._admit(s)
-            if w is None:
-                return _NONE
+            if w.__class__ is Outcome:
+                return w
             drops = drops or 0.0  # null drops or queue count as 0 everywhere
             queue = queue or 0.0
+        if self._summaries:
+            w.summary.add(s, self.quality_cfg.summary_window_s)
+        if rtt is None or base is None:
+            # Ignored by 2B/2A (section 5.1); the quality policy judges it by its rtt_status.
+            self._counters["ignored_null_rtt"] += 1
+            if not self.quality_running:
+                return _IGNORED_NONE
+            decisions = self._run_quality(w, s, None)
+            return Outcome(self._number(w, decisions), IGNORED) if decisions else _IGNORED_NONE
+        self._counters["scored"] += 1
+        state, rtt_delta = self._assess(w, s, rtt, base, drops, queue)
+        decisions = self._run_2b_2a(w, s, state, rtt_delta, drops)
+        if self.quality_running:
+            decisions = self._run_quality(w, s, state, decisions)
+        if decisions:
+            return Outcome(self._number(w, decisions), SCORED)
+        return _SCORED_NONE
+
+    # --- the named steps ----------------------------------------------------
+
+    def _admit(self, s: Telemetry) -> "WanScorer | Outcome":
+        """Sections 5.1-5.2 in full: the WAN to score ``s`` for, or the outcome
+        of a rejected sample.  Handles a new WAN and a new stream."""
+        cause = rejection_cause(s)
+        w = self.wans.get(s.wan)
+        t = s.t
+        if cause is None and w is not None and s.stream == w.stream and t - w.last_t <= TOL:
+            cause = OUT_OF_ORDER
+        if cause is not None:
+            self.rejected[cause] = self.rejected.get(cause, 0) + 1
+            return _REJECTED[cause]
+        if w is None:
+            w = self.wans[s.wan] = WanScorer(wan=s.wan, stream=s.stream, last_t=t,
+                                             last_score=(0, self.params.steer, False))
+        elif s.stream != w.stream:
+            # A new clock: keep the time each deadline had left at the old stream's
+            # last sample, and treat the change as a gap.
+            self._counters["stream_changes"] += 1
+            by = t - w.last_t
+            w.confidence_policy.shift(by)
+            w.quality.shift(by)
+            w.quality.clear()
+            w.clear_runs()
+            w.stream = s.stream
+            w.last_scored_t = None
+        w.last_t = t
+        return w
+
+    def _assess(self, w: WanScorer, s: Telemetry, rtt: float, base: float, drops: float,
+                queue: float) -> tuple[str, float]:
+        """Sections 5.2-5.3: gap check, EWMA, the sample's state, the histories."""
         p = self.params
-        counters = self._counters
-        counters["scored"] += 1
+        t = s.t
         if w.last_scored_t is not None and t - w.last_scored_t > p.max_gap + TOL:
-            counters["gaps"] += 1
+            self._counters["gaps"] += 1
             w.clear_runs()
         w.last_scored_t = t
-
-        # Section 5.3: assessment.
         rtt_delta = rtt - base if rtt > base else 0.0
         ewma = w.ewma
         ewma = rtt_delta if ewma is None else ewma + p.alpha * (rtt_delta - ewma)
@@ -403,19 +505,26 @@ class Engine:
         if len(states) > _HISTORY_MAX:
             # Section 5.4 looks at the last 3 entries at most; trim in batches.
             del states[:-3], drop_history[:-3], queue_history[:-3]
+        return state, rtt_delta
 
-        # Sections 5.4-5.6: score, timers, flap brake, hysteresis, fallback.
+    def _run_2b_2a(self, w: WanScorer, s: Telemetry, state: str, rtt_delta: float, drops: float) -> list:
+        """Sections 5.4-5.6: score, timers, flap brake, hysteresis, the fallback."""
+        p = self.params
+        t = s.t
         wan_zone = s.wan_zone
+        queue_history = w.queues
+        queue = queue_history[-1]
         cp = w.confidence_policy
         penalty_until = cp.penalty_until
         penalty = penalty_until is not None and self.flap_running and t < penalty_until - TOL
         threshold = p.steer + p.penalty_add if penalty else p.steer
         decisions = _NONE
-        if self.driving_confidence:
+        fb = w.fallback
+        if self.driving != HYSTERESIS:
             # Phase 2A counters kept against the driving state, for the fallback.
-            fb = w.fallback
-            if fb.state != cp.state:
-                fb.change(cp.state)
+            driving_state = cp.state if self.driving_confidence else w.quality.state
+            if fb.state != driving_state:
+                fb.change(driving_state)
             if fb.count or state == _TOWARD[fb.state]:
                 fb.count_sample(state, t)
 
@@ -427,7 +536,7 @@ class Engine:
             if (state != "GREEN" or wan_zone is not None or rtt_delta > p.delta_high
                     or drops != 0.0 or queue > p.queue_high):
                 confidence, contributors = confidence_score(
-                    p, state, rtt_delta, states, drop_history, queue_history, wan_zone
+                    p, state, rtt_delta, w.states, w.drops, queue_history, wan_zone
                 )
             # (GOOD, below the threshold and no run to clear is by far the most
             # common case, and a no-op: skip the call.)
@@ -435,89 +544,112 @@ class Engine:
                                             or cp.degrade_start is not None):
                 sustained = cp.step(p, t, confidence, threshold, state, rtt_delta, drops, wan_zone)
                 if sustained is not None:
-                    decisions = [self._decision(w, s, CONFIDENCE, self.driving_confidence, False, cp.state,
+                    decisions = [self._decision(s, CONFIDENCE, self.driving_confidence, False, cp.state,
                                                 confidence, threshold, penalty, contributors, sustained)]
         except Exception:
             self._counters["confidence_errors"] += 1
             if self.driving_confidence:
                 # Phase 2A decides for the driving policy on this sample.
                 self._counters["fallbacks"] += 1
-                fb = w.fallback
                 if fb.due(p):
                     sustained = t - fb.first_t
                     cp.enter(p, DEGRADED if fb.state == GOOD else GOOD, t)
                     fb.change(cp.state)
-                    decisions = [self._decision(w, s, HYSTERESIS, True, True, cp.state, confidence,
+                    decisions = [self._decision(s, HYSTERESIS, True, True, cp.state, confidence,
                                                 threshold, penalty, contributors, sustained)]
 
         if self.hysteresis_running:
             hp = w.hysteresis_policy
             sustained = hp.step(state, t, p) if hp.count or state == _TOWARD[hp.state] else None
             if sustained is not None:
-                decision = self._decision(w, s, HYSTERESIS, not self.driving_confidence, False, hp.state,
+                decision = self._decision(s, HYSTERESIS, self.driving == HYSTERESIS, False, hp.state,
                                           confidence, threshold, penalty, contributors, sustained)
                 # The driving policy's decision is emitted first.
-                decisions = decisions + [decision] if self.driving_confidence else [decision] + decisions
-
+                if self.driving == HYSTERESIS:
+                    decisions = [decision, *decisions]
+                else:
+                    decisions = [*decisions, decision]
         w.last_score = (confidence, threshold, penalty)
-        if decisions:
-            # Numbered in emission order, driving first.
-            for d in decisions:
-                d.seq = self.next_seq
-                self.next_seq += 1
-                if d.driving:
-                    w.decision_seq = d.seq
-            self._counters["decisions"] += len(decisions)
         return decisions
 
-    def _admit(self, s: Telemetry) -> WanScorer | None:
-        """Sections 5.1-5.2 in full: the WAN to score ``s`` for, or None when
-        ``s`` is rejected (``last_rejection`` says why) or ignored (null RTT)."""
-        cause = rejection_cause(s)
-        w = self.wans.get(s.wan)
-        t = s.t
-        if cause is None and w is not None and s.stream == w.stream and t - w.last_t <= TOL:
-            cause = OUT_OF_ORDER
-        self.last_rejection = cause
-        if cause is not None:
-            self.rejected[cause] = self.rejected.get(cause, 0) + 1
+    def _run_quality(self, w: WanScorer, s: Telemetry, state: str | None, decisions=_NONE) -> list:
+        """The quality policy (docs/scoring.md) on one accepted sample; with the
+        fallback of section 5.6 when it raises while driving."""
+        q = w.quality
+        held = q.hold
+        try:
+            verdict = _quality.step(self.quality_cfg, q, s, self._alternate_view(w, s))
+        except Exception:
+            self._counters["quality_errors"] += 1
+            if not self.driving_quality or state is None:
+                return decisions
+            # Phase 2A decides for the driving quality policy on this sample.
+            self._counters["fallbacks"] += 1
+            fb = w.fallback
+            if not fb.due(self.params):
+                return decisions
+            sustained = s.t - fb.first_t
+            q.enter(self.quality_cfg, DEGRADED if fb.state == GOOD else GOOD, s.t)
+            fb.change(q.state)
+            d = self._decision(s, HYSTERESIS, True, True, q.state, q.last_score, q.last_threshold,
+                               q.last_capped, [], sustained)
+            return [d, *decisions]
+        if q.hold is not None and q.hold != held:
+            self._counters["quality_holds_" + q.hold] += 1
+        if verdict is None:
+            return decisions
+        if verdict.decision == GOOD and q.hold is not None:
+            self._counters["quality_steer_backs"] += 1
+        d = self._decision(s, QUALITY, self.driving_quality, False, verdict.decision, verdict.score,
+                           verdict.threshold, verdict.capped, verdict.contributors, verdict.sustained)
+        if self.driving_quality or not decisions:
+            return [d, *decisions]
+        # A shadow: after the driving decision, before the other shadows (quality comes first).
+        i = 0
+        while i < len(decisions) and decisions[i].driving:
+            i += 1
+        return [*decisions[:i], d, *decisions[i:]]
+
+    def _alternate_view(self, w: WanScorer, s: Telemetry):
+        name = self.alternates.get(w.wan)
+        if name is None:
             return None
-        counters = self._counters
-        if w is None:
-            w = self.wans[s.wan] = WanScorer(wan=s.wan, stream=s.stream, last_t=t,
-                                             last_score=(0, self.params.steer, False))
-        elif s.stream != w.stream:
-            # A new clock: keep the time each deadline had left at the old stream's
-            # last sample, and treat the change as a gap.
-            counters["stream_changes"] += 1
-            w.confidence_policy.shift(t - w.last_t)
-            w.clear_runs()
-            w.stream = s.stream
-            w.last_scored_t = None
-        w.last_t = t
-        if s.rtt_ms is None or s.baseline_rtt_ms is None:
-            counters["ignored_null_rtt"] += 1
-            return None
-        return w
+        a = self.wans.get(name)
+        if a is None or a.summary.stream != w.summary.stream:
+            return (None, None, 0.0, None)
+        window = self.quality_cfg.summary_window_s
+        rtt, lost = a.summary.view(s.t, window)
+        return (a.summary.stream, rtt, lost, a.summary.last_measured_t)
+
+    def _number(self, w: WanScorer, decisions: list) -> list:
+        """Number the decisions in emission order, driving first."""
+        for d in decisions:
+            d.seq = self.next_seq
+            self.next_seq += 1
+            if d.driving:
+                w.decision_seq = d.seq
+        self._counters["decisions"] += len(decisions)
+        return decisions
 
     def _decision(
-        self, w: WanScorer, s: Telemetry, policy: str, driving: bool, fallback: bool, state: str,
+        self, s: Telemetry, policy: str, driving: bool, fallback: bool, state: str,
         confidence: int, threshold: int, penalty: bool, contributors: list[str], sustained: float,
     ) -> Decision:
-        """A decision without its number yet (see the end of ``process``)."""
+        """A decision without its number yet (see ``_number``) and without its envelope."""
         return Decision(
             seq=0, wan=s.wan, t=s.t, wall=s.wall, telemetry_seq=s.seq, policy=policy,
             driving=driving, fallback=fallback,
             decision=ENABLE if state == DEGRADED else DISABLE, state=state,
             confidence=confidence, threshold=threshold, flap_penalty=penalty,
             contributors=list(contributors), sustained_s=sustained,
-            source=self.source, epoch=self.epoch,
         )
 
     # --- what the process publishes and persists ----------------------------
 
     def desired(self, wan: str) -> str:
         w = self.wans[wan]
+        if self.driving_quality:
+            return w.quality.state
         return w.confidence_policy.state if self.driving_confidence else w.hysteresis_policy.state
 
     def states(self, seq: int = 0) -> list[State]:
@@ -531,6 +663,18 @@ class Engine:
             def left(deadline):
                 return None if deadline is None or t >= deadline else deadline - t
 
+            if self.driving_quality:
+                q = w.quality
+                qc = self.quality_cfg
+                capped = q.capped(qc, t)
+                out.append(State(
+                    wan=name, seq=seq, desired=q.state, decision_seq=w.decision_seq,
+                    confidence=q.last_score, threshold=q.last_threshold, flap_penalty=capped,
+                    hold_down_remaining_s=left(q.hold_down_until) if q.state == DEGRADED else None,
+                    flap_penalty_remaining_s=left(q.enables[0] + qc.flap.window_s) if capped else None,
+                    policy=self.cfg.policy, t=t, source=self.source, epoch=self.epoch,
+                ))
+                continue
             confidence, threshold, penalty = w.last_score
             out.append(State(
                 wan=name, seq=seq, desired=self.desired(name), decision_seq=w.decision_seq,
@@ -557,9 +701,10 @@ class Engine:
         )
 
     @classmethod
-    def restore(cls, cfg: Scorer, data: bytes, *, epoch: int = 0, source: str = "scorer") -> "Engine":
+    def restore(cls, cfg: Scorer, data: bytes, *, wans: list[Wan] | None = None, epoch: int = 0,
+                source: str = "scorer") -> "Engine":
         snap = msgspec.msgpack.decode(data, type=Snapshot)
-        engine = cls(cfg, epoch=epoch, next_seq=snap.next_seq, source=source)
+        engine = cls(cfg, wans=wans, epoch=epoch, next_seq=snap.next_seq, source=source)
         engine.wans = {w.wan: w for w in snap.wans}
         engine.rejected = dict(snap.rejected)
         engine._counters.update({k: v for k, v in snap.counters.items() if k in engine._counters})

@@ -83,17 +83,17 @@ class ScorerCore:
         try:
             data = self.state_path.read_bytes()
         except FileNotFoundError:
-            return Engine(self.cfg.scorer, epoch=self.epoch), []
+            return Engine(self.cfg.scorer, wans=self.cfg.wans, epoch=self.epoch), []
         try:
             saved = msgspec.msgpack.decode(data, type=PersistedState)
-            return Engine.restore(self.cfg.scorer, saved.engine, epoch=self.epoch), saved.recent
+            return Engine.restore(self.cfg.scorer, saved.engine, wans=self.cfg.wans, epoch=self.epoch), saved.recent
         except Exception as error:  # noqa: BLE001 - a bad state file must not stop steering
             self.tallies["state_file_errors"] += 1
             bad = self.state_path.with_name(self.state_path.name + ".bad")
             self.state_path.rename(bad)
             log.error("%s: cannot restore scorer state (%s); moved to %s, starting from GOOD",
                       self.state_path, error, bad)
-            return Engine(self.cfg.scorer, epoch=self.epoch), []
+            return Engine(self.cfg.scorer, wans=self.cfg.wans, epoch=self.epoch), []
 
     def persist(self) -> None:
         recent = self.journal.recent_lines(RECENT)
@@ -103,10 +103,13 @@ class ScorerCore:
 
     def on_telemetry(self, sample: Telemetry) -> list[Decision]:
         """Score one sample; decisions come back already committed and journaled."""
-        decisions = self.engine.process(sample)
-        if self.engine.last_rejection is None:
+        outcome = self.engine.process(sample)
+        if outcome.cause is None:
             self.dirty = True
+        decisions = list(outcome.decisions)
         if decisions:
+            for d in decisions:  # the envelope is the shell's
+                d.source, d.epoch = "scorer", self.epoch
             lines = [to_json(d) for d in decisions]
             recent = self.journal.recent_lines(RECENT) + lines
             write_atomic(self.state_path, msgspec.msgpack.encode(
@@ -198,14 +201,14 @@ class EngineMetrics:
                 if expired > 0:
                     m.timer_expiries.labels(wan=wan, timer="flap_penalty").inc(expired)
             self._penalty_active[wan] = active
-        errors = engine.counters["confidence_errors"]
+        errors = engine.counters["confidence_errors"] + engine.counters["quality_errors"]
         if self._confidence_errors is not None and errors > self._confidence_errors:
             self._confidence_error_at = now
         self._confidence_errors = errors
         if self._confidence_error_at is not None:
             if now - self._confidence_error_at <= FALLBACK_DEGRADED_S:
                 health.degrade("confidence_policy", (
-                    f"the confidence policy failed on a sample {now - self._confidence_error_at:.0f} s ago "
+                    f"a policy failed on a sample {now - self._confidence_error_at:.0f} s ago "
                     f"({errors} in total); Phase 2A hysteresis decides for it (see the scorer log)"))
             else:
                 health.clear("confidence_policy")

@@ -24,8 +24,8 @@ EXIT_INVALID_LINE = 1
 
 _REJECTION_TEXT = {
     "non_finite": "a number is not finite",
-    "negative_value": "a negative RTT, baseline, drop rate or queue depth",
-    "unknown_state": "cake_state or wan_zone is not GREEN, YELLOW, SOFT_RED or RED",
+    "negative_value": "a negative RTT, baseline, drop rate, queue depth, queue delay or loss",
+    "unknown_state": "cake_state or wan_zone is not GREEN, YELLOW, SOFT_RED or RED, or rtt_status is not ok, lost or unavailable",
     "unsupported_version": "schema version is not 1",
     "out_of_order": "t is not after the previous sample of this WAN and stream",
 }
@@ -93,9 +93,9 @@ class Replay:
                     if sample is None:
                         continue
                 samples += 1
-                emitted = process(sample)
-                if not emitted and engine.last_rejection is not None:
-                    cause = engine.last_rejection
+                outcome = process(sample)
+                cause = outcome.cause
+                if cause is not None:
                     raise InvalidLine(cause, f"rejected: {_REJECTION_TEXT.get(cause, cause)}")
             except InvalidLine as bad:
                 self.invalid[bad.cause] = self.invalid.get(bad.cause, 0) + 1
@@ -104,7 +104,9 @@ class Replay:
                     status = EXIT_INVALID_LINE
                     break
                 continue
-            for decision in emitted:
+            for decision in outcome.decisions:
+                # The envelope, stamped here as the scorer process stamps it live:
+                # source "scorer" and epoch 0, the Decision defaults (a replay has no epoch of its own).
                 encode(decision, buf, len(buf))
                 buf += b"\n"
                 decisions[decision.policy] = decisions.get(decision.policy, 0) + 1
@@ -149,7 +151,7 @@ def replay(
     except OSError as error:
         print(f"wanctl-replay: cannot read trace {trace}: {error.strerror}", file=sys.stderr)
         raise typer.Exit(EXIT_INVALID_LINE)
-    run = Replay(Engine(cfg.scorer))
+    run = Replay(Engine(cfg.scorer, wans=cfg.wans))
     with source:
         if out is None:
             try:

@@ -11,7 +11,16 @@ WALL_OFFSET = 1_700_000_000.0
 
 
 def scorer_config(**sections) -> Scorer:
-    """A validated scorer section from nested dicts, e.g. scorer_config(shadow=False)."""
+    """A validated scorer section from nested dicts, e.g. scorer_config(shadow=False).
+
+    The Phase 2B/2A tests run those two policies alone: without a ``policy`` the
+    confidence policy drives, and ``shadow: true`` (or none) means the other of the two,
+    the seed's meaning.  Name ``quality`` (as the policy or in a shadow list) to run it.
+    """
+    sections.setdefault("policy", "confidence")
+    policy = sections["policy"]
+    if policy != "quality" and sections.get("shadow", True) is True:
+        sections["shadow"] = ["hysteresis" if policy == "confidence" else "confidence"]
     return parse_config({"scorer": sections}).scorer
 
 
@@ -59,5 +68,5 @@ CONGESTED = dict(rtt_ms=170.0, drops_per_sec=8.0, queue_depth_pct=80.0)
 def decide(engine: Engine, samples) -> list:
     out = []
     for s in samples:
-        out.extend(engine.process(s))
+        out.extend(engine.process(s).decisions)
     return out

@@ -47,7 +47,8 @@ def short_tmp(prefix: str = "wc") -> Path:
 def fast_scorer(**extra) -> dict:
     """Scorer timings for tests: episodes of a few seconds steer on and off."""
     cfg = {
-        "shadow": True,
+        "policy": "confidence",  # these timings are Phase 2B's; the quality policy has its own tests
+        "shadow": ["hysteresis"],
         "max_gap_s": 5.0,
         "confidence": {"sustain_s": 1.0, "recovery_sustain_s": 1.0, "hold_down_s": 2.0},
         "flap": {"enabled": False},

@@ -19,7 +19,7 @@ def problem(raw) -> str:
 
 def test_empty_config_is_valid_and_has_the_seed_defaults():
     s = parse_config({}).scorer
-    assert (s.policy, s.shadow, s.max_gap_s) == ("confidence", True, 5.0)
+    assert (s.policy, s.shadow, s.max_gap_s) == ("quality", True, 5.0)
     assert (s.confidence.steer_threshold, s.confidence.recovery_threshold) == (55, 20)
     assert (s.confidence.sustain_s, s.confidence.recovery_sustain_s, s.confidence.hold_down_s) == (2.0, 3.0, 30.0)
     assert s.confidence.weights.red_state == 50 and s.confidence.weights.wan_soft_red == 12
@@ -67,6 +67,14 @@ def test_empty_config_is_valid_and_has_the_seed_defaults():
     ({"scorer": {"confidence": {"sustain": 2}}}, "scorer.confidence.sustain: unknown key"),
     ({"scorer": {"flap": {"enabled": True, "window": 300}}}, "scorer.flap.window: unknown key"),
     ({"phase2b": {}}, "phase2b: unknown key"),
+    ({"scorer": {"shadow": ["quality"]}}, "scorer.shadow: must not name the driving policy (quality)"),
+    ({"scorer": {"policy": "confidence", "shadow": ["hysteresis", "hysteresis"]}},
+     "scorer.shadow: must not repeat a policy"),
+    ({"scorer": {"quality": {"delay_good_ms": 50.0}}},
+     "scorer.quality.delay_good_ms: must be at most delay_bad_ms (45.0), got 50.0"),
+    ({"scorer": {"quality": {"steer_share_pct": 0}}}, "scorer.quality.steer_share_pct: must be >= 1, got 0"),
+    ({"wans": [{"name": "wan1", "queue": "q", "alternate": "wan9"}]},
+     "wans[0].alternate: must name another configured WAN, got 'wan9'"),
 ])
 def test_each_rule_is_enforced_with_key_path_rule_and_value(raw, expected):
     assert expected in problem(raw)

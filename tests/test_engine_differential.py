@@ -104,7 +104,7 @@ def assert_same_decisions(raw_config, segments):
     cfg = scorer_config(**raw_config)
     engine, reference = Engine(cfg), ReferenceScorer(cfg)
     for sample in build(segments):
-        got = [{f: getattr(d, f) for f in FIELDS} for d in engine.process(sample)]
+        got = [{f: getattr(d, f) for f in FIELDS} for d in engine.process(sample).decisions]
         want = [{f: d[f] for f in FIELDS if f in d} | {"fallback": False} for d in reference.process(sample)]
         assert got == want
     assert engine.rejected == reference.rejected

@@ -241,9 +241,9 @@ def test_every_rejection_cause_is_counted_and_changes_nothing(cause, fields):
             if inject and i % 3 == 1:
                 bad = Telemetry(**{**{f: getattr(s, f) for f in s.__struct_fields__}, **fields,
                                    "t": fields.get("t", s.t - 0.25)})
-                assert engine.process(bad) == []
-                assert engine.last_rejection == cause
-            out += engine.process(s)
+                outcome = engine.process(bad)
+                assert (outcome.decisions, outcome.status, outcome.cause) == ((), "rejected", cause)
+            out += engine.process(s).decisions
         return engine, [(d.seq, d.t, d.policy, d.decision) for d in out]
 
     engine, with_bad = run(True)
@@ -256,15 +256,14 @@ def test_out_of_order_and_duplicate_samples_are_rejected_per_wan_and_stream():
     engine = Engine(scorer_config())
     a1, a2 = feed.run(2, 0.5, **GREEN)
     engine.process(a2)
-    assert engine.process(a1) == [] and engine.last_rejection == "out_of_order"
-    assert engine.process(a2) == [] and engine.last_rejection == "out_of_order"
+    assert engine.process(a1).cause == "out_of_order"
+    assert engine.process(a2).cause == "out_of_order"
     # Within the 1e-6 s tolerance counts as the same time.
     near = Feed(t=a2.t + 5e-7).sample(**GREEN)
-    assert engine.process(near) == [] and engine.last_rejection == "out_of_order"
+    assert engine.process(near).cause == "out_of_order"
     # Another WAN, or a new stream with an earlier t, is not out of order.
-    engine.process(Feed("wan2", t=10.0).sample(**GREEN))
-    engine.process(Feed(stream="boot-b", t=3.0).sample(**GREEN))
-    assert engine.last_rejection is None
+    assert engine.process(Feed("wan2", t=10.0).sample(**GREEN)).status == "scored"
+    assert engine.process(Feed(stream="boot-b", t=3.0).sample(**GREEN)).status == "scored"
     assert engine.rejected == {"out_of_order": 3}
 
 
@@ -283,7 +282,7 @@ def test_out_of_order_and_duplicate_samples_are_rejected_per_wan_and_stream():
 def test_arbitrary_samples_never_raise(rows):
     engine = Engine(scorer_config(confidence={"sustain_s": 0.0}))
     for seq, row in enumerate(rows, 1):
-        for d in engine.process(Telemetry(seq=seq, **row)):
+        for d in engine.process(Telemetry(seq=seq, **row)).decisions:
             assert 0 <= d.confidence <= 100
 
 
@@ -317,7 +316,7 @@ def test_fallback_counts_samples_before_the_failure(monkeypatch):
     engine = Engine(scorer_config(shadow=False, confidence={"sustain_s": 10.0}))
     decide(engine, feed.run(3, 0.5, **STEER_NOW))  # 3 RED samples, no confidence decision yet
     monkeypatch.setattr(engine_module, "confidence_score", lambda *a: 1 / 0)
-    (d,) = engine.process(feed.sample(**STEER_NOW))
+    (d,) = engine.process(feed.sample(**STEER_NOW)).decisions
     assert d.fallback and d.sustained_s == pytest.approx(1.5)
 
 
@@ -340,4 +339,4 @@ def test_restore_mid_episode_neither_repeats_nor_loses_a_decision(cut):
     after = decide(resumed, samples[cut:])
     key = lambda d: (d.seq, d.t, d.policy, d.decision, d.sustained_s, d.threshold, d.flap_penalty)
     assert [key(d) for d in before + after] == [key(d) for d in whole]
-    assert all(d.epoch == 2 for d in after)
+    assert all(d.epoch == 0 for d in after)  # decisions leave the engine without an envelope: the shell stamps it

@@ -38,14 +38,14 @@ def test_fast_cadence_decides_on_the_41st_sample_of_the_run():
     samples = feed.run(40, 0.05, **STEER_NOW)
     engine = Engine(scorer_config(shadow=False))
     assert decide(engine, samples) == []
-    (decision,) = engine.process(feed.sample(**STEER_NOW))
+    (decision,) = engine.process(feed.sample(**STEER_NOW)).decisions
     assert decision.telemetry_seq == 41
 
 
 def test_zero_sustain_decides_on_the_first_sample():
     feed = Feed()
     engine = Engine(scorer_config(shadow=False, confidence={"sustain_s": 0}))
-    (d,) = engine.process(feed.sample(**STEER_NOW))
+    (d,) = engine.process(feed.sample(**STEER_NOW)).decisions
     assert (d.decision, d.sustained_s) == ("ENABLE_STEERING", 0.0)
 
 
@@ -149,7 +149,7 @@ def test_decision_seq_counts_across_wans():
     engine = Engine(scorer_config(shadow=False))
     out = []
     for sa, sb in zip(a.seconds(3, 0.5, **STEER_NOW), b.seconds(3, 0.5, **STEER_NOW)):
-        out += engine.process(sa) + engine.process(sb)
+        out += [*engine.process(sa).decisions, *engine.process(sb).decisions]
     assert [(d.wan, d.seq) for d in out] == [("wan1", 1), ("wan2", 2)]
 
 

@@ -19,7 +19,7 @@ from tests.support import congested, idle
 def cfg():
     directory = short_tmp()
     config = write_config(directory, {"scorer": {
-        "shadow": False, "flap": {"enabled": False},
+        "policy": "confidence", "shadow": False, "flap": {"enabled": False},  # Phase 2B's timers
         "confidence": {"sustain_s": 2.0, "recovery_sustain_s": 1.0, "hold_down_s": 3.0},
     }})
     yield load(config)

@@ -36,7 +36,7 @@ def clean_trace(tmp_path):
 @pytest.fixture
 def config(tmp_path):
     path = tmp_path / "wanctl.yaml"
-    path.write_text("scorer: {}\n")
+    path.write_text("scorer:\n  policy: confidence\n  shadow: [hysteresis]\n")
     return path
 
 

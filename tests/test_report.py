@@ -231,3 +231,26 @@ def test_text_report_answers_the_rollout_questions(tmp_path):
         assert heading in out
     assert "wan1 t=102.0: both steered; confidence started 2.0 s later, ended 10.0 s earlier" in out
     assert "wan1 t=1000.0: only hysteresis steered, for 20.0 s" in out
+
+
+def test_every_pair_of_policies_is_compared_and_the_fallback_follows_the_driving_policy(tmp_path):
+    rows = [
+        decision(1, "wan1", 100.0, "quality", "enable", 75, driving=True),
+        decision(2, "wan1", 101.0, "hysteresis", "enable", 95, driving=False),
+        decision(3, "wan1", 102.0, "confidence", "enable", 85, driving=False),
+        decision(4, "wan1", 130.0, "quality", "disable", 0, driving=True),
+        decision(5, "wan1", 140.0, "confidence", "disable", 0, driving=False),
+        decision(6, "wan1", 150.0, "hysteresis", "disable", 5, driving=False),
+        decision(7, "wan1", 200.0, "hysteresis", "enable", 50, driving=True, fallback=True),
+        decision(8, "wan1", 230.0, "quality", "disable", 0, driving=True),
+    ]
+    r = report_json(write_jsonl(tmp_path / "d.jsonl", rows))
+    assert sorted(r["comparisons"]) == ["confidence_vs_hysteresis", "quality_vs_confidence", "quality_vs_hysteresis"]
+    qc = r["comparisons"]["quality_vs_confidence"]
+    assert (qc["both"], qc["only_quality"], qc["only_confidence"]) == (1, 1, 0)
+    assert qc["start_offset_s"]["quality_earlier"] == 1 and qc["end_offset_s"]["median"] == pytest.approx(-10.0)
+    # The fallback decided for the driving quality policy: its second episode.
+    assert r["episodes"]["quality"]["count"] == 2 and r["episodes"]["quality"]["steered_s"] == pytest.approx(60.0)
+    assert r["episodes"]["hysteresis"]["count"] == 1
+    text = run_report(tmp_path / "d.jsonl").stdout
+    assert "quality vs Phase 2B (confidence)" in text and "quality vs Phase 2A (hysteresis)" in text

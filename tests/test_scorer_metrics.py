@@ -30,7 +30,7 @@ def directory():
 
 
 def scorer_config(directory, **scorer):
-    return load(write_config(directory, {"scorer": {
+    return load(write_config(directory, {"scorer": {"policy": "confidence",
         "shadow": False, "flap": {"enabled": True, "max_toggles": 1, "window_s": 100.0, "penalty_s": 5.0},
         "confidence": {"sustain_s": 1.0, "recovery_sustain_s": 0.0, "hold_down_s": 1.0}, **scorer}}))
 
