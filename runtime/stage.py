@@ -174,10 +174,12 @@ class Stage:
     def _setup(self) -> None:
         cfg = self.cfg
         run_dir = sockets.ensure_run_dir(cfg)
-        self.lock = RoleLock(run_dir, self.name).acquire()
-        self.on_close("release the lock", self.lock.release)
+        # The stop flag first: a SIGTERM from here on is a clean stop, and the
+        # lock (with our pid in it) tells a supervisor that we are that far.
         self.stop = StopFlag()
         self.on_close("restore the signal handlers", self.stop.restore)
+        self.lock = RoleLock(run_dir, self.name).acquire()
+        self.on_close("release the lock", self.lock.release)
         self.ctx = zmq.Context()
         self.on_close("terminate the ZeroMQ context", self.ctx.term)
         self.auth = sockets.start_authenticator(self.ctx, cfg)

@@ -20,7 +20,7 @@ import yaml
 import zmq
 
 from bus import sockets as bus
-from proto.config import Config, parse_config
+from proto.config import Config, ConfigError, load_config, parse_config, resolve_path
 from runtime.health import STAGES
 from proto.messages import Message, from_json
 from tests.support import free_port, wait_for  # noqa: F401  (re-exported for the pipeline tests)
@@ -105,6 +105,10 @@ class Stage:
 
     def __init__(self, script: str, config: Path, log_dir: Path, *args: str, env: dict | None = None) -> None:
         self.name = script
+        try:
+            self.cfg: Config | None = load_config(config)
+        except (ConfigError, OSError):
+            self.cfg = None  # a stage started on a bad config on purpose: it exits by itself
         self.log_path = log_dir / f"{script}.{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "wb")
         self.stop_s: float | None = None  # how long the last stop took
@@ -123,6 +127,33 @@ class Stage:
             self._log.flush()
         return self.log_path.read_text(errors="replace")
 
+    def wait_started(self, timeout: float = 10.0) -> None:
+        """Wait until the stage holds its role lock (its pid in a ``*.lock`` of the run dir), or has exited.
+
+        A stage installs its SIGTERM handler before it takes the lock; a SIGTERM
+        earlier than that, while the interpreter is still starting, kills it
+        with -15 whatever the stage does, so ``stop`` waits for this first.
+        """
+        if self.cfg is None:
+            return
+        run_dir = resolve_path(self.cfg, self.cfg.bus.run_dir)
+        mine = f"{self.proc.pid}\n"
+
+        def started() -> bool:
+            if self.proc.poll() is not None:
+                return True
+            for lock in run_dir.glob("*.lock"):
+                try:
+                    if lock.read_text() == mine:
+                        return True
+                except OSError:
+                    pass
+            return False
+
+        deadline = time.monotonic() + timeout
+        while not started() and time.monotonic() < deadline:
+            time.sleep(0.02)
+
     def kill(self) -> None:
         """SIGKILL on purpose (crash tests): its status is not checked."""
         if self.proc.poll() is None:
@@ -139,6 +170,7 @@ class Stage:
         """
         timeout = self.STOP_TIMEOUT_S if timeout is None else timeout
         slow = False
+        self.wait_started()
         if self.proc.poll() is None:
             t0 = time.monotonic()
             self.proc.send_signal(signal.SIGTERM)
