@@ -72,8 +72,11 @@ def test_one_wans_lost_probes_do_not_slow_another(sim):
         assert len(wan2) >= 5, len(wan2)
         assert all(s.rtt_status == "lost" and s.rtt_ms is None for s in wan1[1:])
         assert all(s.rtt_status == "ok" and s.rtt_ms is not None for s in wan2[1:])
-        gaps = [b.t - a.t for a, b in zip(wan2, wan2[1:])]
-        assert max(gaps) < 0.8, gaps
+        # Before, every wan2 sample waited for wan1's lost probes: every gap was 1.5 s.
+        # A loaded machine may deschedule one round; the cadence itself must hold.
+        gaps = sorted(b.t - a.t for a, b in zip(wan2, wan2[1:]))
+        assert gaps[len(gaps) // 2] < 0.75, gaps
+        assert gaps[-1] < 1.25, gaps
     finally:
         collector.close()
 
