@@ -231,3 +231,36 @@ def test_report_counts_a_wall_time_no_date_can_show_instead_of_crashing(workdir)
         assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
         assert f"{path}:2: wall must be a finite time" in result.stderr
         assert "2 malformed lines skipped" in result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_a_read_only_state_directory_degrades_the_scorer_instead_of_crash_looping(workdir):
+    directory, stages, mounts = workdir
+    disk = directory / "sdisk"
+    mount_tmpfs(disk, mounts)
+    config = write_config(directory, {"scorer": {**INSTANT, "state_path": str(disk / "state.msgpack"),
+                                                 "journal_path": str(disk / "journal.jsonl"),
+                                                 "persist_interval_s": 0.5}})
+    cfg = load(config)
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    stages += [Stage(f"wanctl-{name}", config, directory) for name in ("bus", "scorer", "logger")]
+    scorer = stages[1]
+    client = BusClient(cfg, [b"decision."])
+    try:
+        client.connected()
+        client.subscribed(b"telemetry.")
+        feed = Feeder(client)
+        feed.send(4)
+        status, doc = wait_for(lambda: (lambda h: h if "storage" in h[1]["reasons"] else None)(
+            health(cfg.health.scorer)), 15, "the scorer to report its read-only directory")
+        assert status == 503 and "Read-only file system" in doc["reasons"]["storage"]
+        client.drain(300)
+        assert not [m for m in client.seen if isinstance(m, Decision)]
+        assert scorer.proc.poll() is None
+        subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True)
+        logged = directory / "decisions.jsonl"
+        wait_for(lambda: decision_seqs(logged) == [1, 2, 3, 4] and logged.read_bytes() == (disk / "journal.jsonl")
+                 .read_bytes(), 20, lambda: f"decisions 1-4 once writable: {decision_seqs(logged)}")
+        wait_for(lambda: health(cfg.health.scorer)[1]["reasons"].get("storage") is None, 10, "scorer storage ok")
+    finally:
+        client.close()
