@@ -20,7 +20,7 @@ running timers resume close to where they were.
 When the state file or the journal cannot be written (a full disk, a
 read-only directory), the decisions wait in ``uncommitted`` (unpublished,
 and no ``state.*`` goes out meanwhile), health is degraded with the reason,
-and the commit is tried again on the next sample and every
+and the commit is tried again with the next decision and every
 ``persist_interval_s``; a snapshot written meanwhile carries them in
 ``recent`` so a kill still loses none.
 
@@ -135,8 +135,10 @@ class ScorerCore:
         decisions = list(outcome.decisions)
         for d in decisions:  # the envelope is the shell's
             d.source, d.epoch = "scorer", self.epoch
+        if not decisions:
+            return []  # waiting ones are retried every persist_interval_s, not on every sample
         self.uncommitted.extend(decisions)
-        return self.commit() if self.uncommitted else []
+        return self.commit()
 
     def commit(self) -> list[Decision]:
         """Snapshot, then journal, the uncommitted decisions; returns them once durable ([] on failure)."""
