@@ -85,10 +85,26 @@ def check_bus(cfg: Config) -> None:
 
 
 def ensure_run_dir(cfg: Config) -> Path:
-    """Create the ipc run directory, owner-only (0700)."""
+    """The ipc run directory: created owner-only (0700) when missing; an existing one is never chmodded.
+
+    An existing directory that anyone may write to without the sticky bit
+    (anyone could replace the sockets and locks in it) is refused with a
+    ``ConfigError``; a shared sticky one (``/tmp``) is used with a warning.
+    """
     run_dir = resolve_path(cfg, cfg.bus.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(run_dir, 0o700)
+    try:
+        run_dir.mkdir(parents=True, mode=0o700)
+    except FileExistsError:
+        mode = run_dir.stat().st_mode
+        if mode & 0o002 and not mode & 0o1000:
+            raise ConfigError([f"bus.run_dir: {run_dir} is writable by every user and has no sticky bit "
+                               f"(mode {mode & 0o7777:o}): anyone could replace the bus sockets and locks; "
+                               f"use a directory of wanctl's own"]) from None
+        if mode & 0o002:
+            log.warning("bus.run_dir %s is shared by every user (mode %o); a directory of wanctl's own "
+                        "is safer", run_dir, mode & 0o7777)
+        return run_dir
+    os.chmod(run_dir, 0o700)  # the one wanctl created, whatever the umask
     return run_dir
 
 

@@ -1,10 +1,16 @@
-"""The logger process: decisions from the bus into ``logger.path``, exactly once and in order.
+"""The logger process: the scorer's journal into ``logger.path``, exactly once and in order.
 
-It asks the scorer's journal socket for everything after its file's last seq
-when it starts, whenever a live decision shows a gap, whenever the scorer's
-heartbeat reports a later decision than the file holds, and every few seconds
-as a backstop.  A request that gets no answer within ``REPLY_TIMEOUT_S`` (the
-scorer is down) is abandoned with its socket and asked again.
+Every line it writes comes from the scorer's journal socket (a replay reply),
+never from the bus: a ``decision.*`` message only wakes it up, so a forged
+one cannot get into the file.  It asks the journal for everything after its
+file's last seq when it starts, whenever a decision on the bus is newer than
+the file, whenever the scorer's heartbeat reports a later decision than the
+file holds, and every few seconds as a backstop.  A request that gets no
+answer within ``REPLY_TIMEOUT_S`` (the scorer is down) is abandoned with its
+socket and asked again.  When the file cannot be written (a full disk, a
+read-only directory) health is degraded with the reason and the same lines
+are asked again after a backoff; nothing is lost and nothing is written out
+of order.
 """
 
 from __future__ import annotations
@@ -34,7 +40,13 @@ def report_progress(health: Health, file: DecisionFile, decisions: DecisionLog, 
                     behind_since: float | None, now: float) -> float | None:
     """The file's progress into health: degraded while it stays behind the scorer's journal."""
     health.set_details({"path": str(file.path), "last_seq": decisions.last_seq, "scorer_last_seq": scorer_seq,
-                        "held": len(decisions.held), "written": decisions.counters["written"]})
+                        "held": len(decisions.held), "written": decisions.counters["written"],
+                        "storage_error": decisions.error})
+    if decisions.error:
+        health.degrade("storage", f"{decisions.error}; decisions are kept in the scorer's journal and "
+                                  f"written when it can be")
+    else:
+        health.clear("storage")
     if scorer_seq <= decisions.last_seq:
         health.clear("behind")
         return None
@@ -53,12 +65,16 @@ def run(cfg: Config) -> int:
                             rotate_bytes=lc.rotate_bytes, rotate_keep=lc.rotate_keep)
         stage.on_close("close the decision file", file.close)
         decisions = DecisionLog(file)
-        log.info("logger: %s holds decisions up to seq %d", file.path, file.last_seq)
+        if file.error:
+            log.error("logger: %s; retrying with backoff", file.error)
+        else:
+            log.info("logger: %s holds decisions up to seq %d", file.path, file.last_seq)
         sub = stage.subscriber([b"decision.", b"heartbeat.scorer"])
         stage.publisher()
         counters = {"replay_requests": 0, "replay_timeouts": 0, "replayed_lines": 0, "bad_replay_lines": 0,
-                    "torn_bytes_repaired": file.repaired_bytes}
+                    "torn_bytes_repaired": file.repaired_bytes, "live_decisions_seen": 0}
         stage.count_from("decisions", decisions.counters)
+        stage.count_from("storage", file.counters)
         stage.count_from("replays", counters)
         stage.count_from("file", lambda: {"last_seq": decisions.last_seq})
         asked_at: float | None = None  # monotonic time of the outstanding request
@@ -78,7 +94,8 @@ def run(cfg: Config) -> int:
         poller.register(dealer, zmq.POLLIN)
         while not stage.stopping:
             now = time.monotonic()
-            if replay_needed and asked_at is None:
+            backing_off = decisions.retry_at is not None and now < decisions.retry_at
+            if replay_needed and asked_at is None and not backing_off:
                 try:
                     dealer.send(msgspec.msgpack.encode(ReplayRequest(after=decisions.last_seq)), zmq.NOBLOCK)
                     counters["replay_requests"] += 1
@@ -101,8 +118,10 @@ def run(cfg: Config) -> int:
                 for frames in sockets.pending_frames(sub):
                     message = stage.decoder.decode(frames)
                     if isinstance(message, Decision):
+                        # A wake-up only: the line itself comes from the journal.
                         health.saw("decision")
-                        if decisions.offer_decision(message):
+                        counters["live_decisions_seen"] += 1
+                        if message.seq > decisions.last_seq:
                             replay_needed = True
                     elif isinstance(message, Heartbeat) and message.stage == "scorer":
                         health.saw("heartbeat")
@@ -120,6 +139,7 @@ def run(cfg: Config) -> int:
                 if reply is not None:
                     asked_at = None
                     health.clear("journal")
+                    now = time.monotonic()
                     for line in reply.lines:
                         try:
                             decision = from_json(line)
@@ -127,7 +147,8 @@ def run(cfg: Config) -> int:
                             counters["bad_replay_lines"] += 1
                             continue
                         if isinstance(decision, Decision):
-                            decisions.offer(decision.seq, line)
+                            if decisions.offer(decision.seq, line, now):
+                                replay_needed = True  # a gap, or a failed write: asked again (after the backoff)
                             counters["replayed_lines"] += 1
                     if reply.lines and reply.last_seq > decisions.last_seq:
                         replay_needed = True  # more pages
@@ -135,7 +156,7 @@ def run(cfg: Config) -> int:
             if now >= backstop_due:
                 replay_needed = True
                 backstop_due = now + BACKSTOP_S
-            file.maybe_sync()
+            decisions.sync(now)
             if now >= stage.beats.due:
                 behind_since = report_progress(health, file, decisions, scorer_seq, behind_since, now)
                 health.sync_dropped(stage.decoder.counters)

@@ -97,6 +97,15 @@ class TraceLine(msgspec.Struct, kw_only=True):
     baseline_rtt_ms: Optional[float] = None
 
 
+WALL_MIN = 0.0  # 1970-01-01
+WALL_MAX = 253402300799.0  # 9999-12-31 23:59:59 UTC, the last second a datetime can show
+
+
+def _wall_ok(wall: float) -> bool:
+    """A wall clock time the report can show as a date (a finite 1e308 cannot)."""
+    return math.isfinite(wall) and WALL_MIN <= wall <= WALL_MAX
+
+
 _decision_decoder = msgspec.json.Decoder(DecisionLine)
 _trace_decoder = msgspec.json.Decoder(TraceLine)
 _any_decoder = msgspec.json.Decoder()
@@ -282,8 +291,8 @@ class DecisionLog:
     def _inconsistency(d: DecisionLine) -> Optional[str]:
         if not math.isfinite(d.t):
             return f"t must be finite, got {d.t}"
-        if d.wall is not None and not math.isfinite(d.wall):
-            return f"wall must be finite, got {d.wall}"
+        if d.wall is not None and not _wall_ok(d.wall):
+            return f"wall must be a finite time between {WALL_MIN:g} and {WALL_MAX:g} (s since 1970), got {d.wall}"
         expected = DEGRADED if d.decision == ENABLE else GOOD
         if d.state != expected:
             return f"decision {d.decision} must leave state {expected}, got {d.state}"
@@ -570,8 +579,9 @@ class Trace:
                 else:
                     self.problems.add(lineno, reason)
                 continue
-            if not (math.isfinite(s.t) and math.isfinite(s.wall)):
-                self.problems.add(lineno, f"t and wall must be finite, got t={s.t} wall={s.wall}")
+            if not (math.isfinite(s.t) and _wall_ok(s.wall)):
+                self.problems.add(lineno, f"t must be finite and wall a finite time between {WALL_MIN:g} and "
+                                          f"{WALL_MAX:g} (s since 1970), got t={s.t} wall={s.wall}")
                 continue
             self.samples += 1
             first = self.spans.get(s.wan, (s.t, s.t))[0]

@@ -37,7 +37,7 @@ from typing import Callable
 import zmq
 
 from bus import sockets
-from proto.config import Config
+from proto.config import Config, ConfigError
 from proto.messages import Heartbeat
 from runtime.health import Health
 from runtime.stop import StopFlag
@@ -268,7 +268,8 @@ def stage_command(stage: str, summary: str, start: Callable[[Config], int], *,
                   needs_router: bool = False, argv: list[str] | None = None) -> None:
     """The console script of a stage: ``--config PATH``, what supervisord runs.
 
-    A bad config exits with status 2 before ``start`` opens any socket; a second
+    A bad config exits with status 2 before ``start`` opens any socket (an unsafe
+    ``bus.run_dir``, found while the stage sets up, exits 2 too); a second
     instance of the role (its lock is held) exits with status 1, naming the holder.
     """
     import typer
@@ -285,6 +286,10 @@ def stage_command(stage: str, summary: str, start: Callable[[Config], int], *,
         except AlreadyRunning as error:
             print(f"wanctl-{stage}: {error}", file=sys.stderr)
             raise SystemExit(ALREADY_RUNNING_EXIT) from None
+        except ConfigError as error:  # found on the way up (e.g. an unsafe bus.run_dir)
+            for problem in error.problems:
+                print(f"wanctl-{stage}: config error: {problem}", file=sys.stderr)
+            raise SystemExit(2) from None
         raise SystemExit(status)
 
     app(argv)

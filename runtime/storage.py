@@ -1,14 +1,28 @@
 """Append-only JSONL files of decisions: the scorer's journal and the logger's output.
 
-One line per decision, exactly ``proto.messages.to_json(decision)``.  A line is
-written with a single ``write`` and the file is fsync'd by policy, so a crash
-can only leave a torn *last* line (or a zero-filled tail after power loss);
-``DecisionFile`` cuts it off when it opens the file.
+One line per decision, exactly ``proto.messages.to_json(decision)``.  Every
+append is whole or undone:
+
+- the bytes go out through a loop on ``os.write`` (which may write less than
+  asked) and the file is fsync'd by policy;
+- when a write or an fsync fails (``ENOSPC``, ``EIO``, a read-only file
+  system...), the file is truncated back to the end of its last whole line
+  before anything else is written, the error is kept in ``error`` and raised
+  as ``AppendFailed``, and ``last_seq`` stays where it was.  The caller tries
+  again later with the same lines: no later line is ever written after one
+  that failed, and a fragment can never be merged with the next line;
+- a crash can only leave a torn *last* line (or a zero-filled tail after
+  power loss); ``DecisionFile`` cuts it off when it opens the file.
+
+A file that cannot be opened (a read-only or missing directory, a full disk
+when its torn tail must be cut) does not raise: ``error`` says why, and the
+next ``append`` opens it again first.
 """
 
 from __future__ import annotations
 
 import bisect
+import errno
 import logging
 import os
 import time
@@ -19,6 +33,10 @@ import msgspec
 from proto.messages import Decision, from_json, to_json
 
 log = logging.getLogger("wanctl.decisionlog")
+
+
+class AppendFailed(OSError):
+    """An append (or opening the file for one) failed; the file still ends with its last whole line."""
 
 
 def scan_lines(path: Path, visit=None) -> tuple[int, int, int]:
@@ -78,6 +96,12 @@ class DecisionFile:
     ``fsync_interval_s``, and on close) or ``never`` (the OS decides).
     ``rotate_bytes`` > 0 renames a full file to ``<path>.1`` (shifting older ones)
     between two complete lines, so rotation never loses or splits a line.
+
+    ``error`` is None while the file is healthy, else the reason of the last
+    failed open, append or fsync; ``counters`` counts them.  With the
+    ``interval``/``never`` policies a failed fsync also undoes the lines
+    appended since the last good one (``last_seq`` goes back with them): the
+    kernel may already have dropped them, so they are written again.
     """
 
     def __init__(self, path: str | os.PathLike, *, fsync: str = "always", fsync_interval_s: float = 1.0,
@@ -87,26 +111,69 @@ class DecisionFile:
         self.fsync_interval_s = fsync_interval_s
         self.rotate_bytes = rotate_bytes
         self.rotate_keep = rotate_keep
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        keep, last_seq, bad = scan_lines(self.path, self._scanned)
         self.repaired_bytes = 0
-        if self.path.exists() and self.path.stat().st_size != keep:
-            self.repaired_bytes = self.path.stat().st_size - keep
-            log.warning("%s: cut a torn last line (%d bytes) left by a crash", self.path, self.repaired_bytes)
-            with open(self.path, "r+b") as f:
-                f.truncate(keep)
-                f.flush()
-                os.fsync(f.fileno())
-        if bad:
+        self.bad_lines = 0
+        self.last_seq = 0
+        self.error: str | None = None
+        self.counters = {"append_errors": 0, "open_errors": 0, "fsync_errors": 0, "short_writes": 0}
+        self._fd: int | None = None
+        self._size = 0
+        self._synced = (0, 0)  # (size, last_seq) at the last good fsync
+        self._dirty = False
+        self._synced_at = time.monotonic()
+        try:
+            self._open()
+        except AppendFailed:
+            pass  # ``error`` says why; the next append tries again
+
+    # The two system calls an append makes; a test may replace them on an instance.
+    _write = staticmethod(os.write)
+    _fsync = staticmethod(os.fsync)
+
+    def _failed(self, what: str, error: OSError, counter: str) -> AppendFailed:
+        reason = f"{self.path}: cannot {what}: {os.strerror(error.errno) if error.errno else error}"
+        if self.error != reason:
+            log.error("%s; decisions wait until it can be written", reason)
+        self.error = reason
+        self.counters[counter] += 1
+        failed = AppendFailed(error.errno or errno.EIO, reason)
+        failed.__cause__ = error
+        return failed
+
+    def _open(self) -> None:
+        """Scan the file, cut a torn tail, open it for appending; AppendFailed if any step fails."""
+        self._reset_index()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            keep, last_seq, bad = scan_lines(self.path, self._scanned)
+            size = self.path.stat().st_size if self.path.exists() else 0
+            if size != keep:
+                log.warning("%s: cut a torn last line (%d bytes) left by a crash or a failed write",
+                            self.path, size - keep)
+                with open(self.path, "r+b") as f:
+                    f.truncate(keep)
+                    f.flush()
+                    os.fsync(f.fileno())
+                self.repaired_bytes += size - keep
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as error:
+            self._reset_index()
+            raise self._failed("open it", error, "open_errors") from error
+        if bad and bad != self.bad_lines:
             log.warning("%s: skipped %d lines that are not decisions", self.path, bad)
         self.bad_lines = bad
         self.last_seq = last_seq
-        if not last_seq and rotate_bytes:
+        if not last_seq and self.rotate_bytes:
             self.last_seq = self._last_rotated_seq()
-        self._file = open(self.path, "ab", buffering=0)
+        self._fd = fd
         self._size = keep
+        self._synced = (keep, self.last_seq)
         self._dirty = False
         self._synced_at = time.monotonic()
+        self.error = None
+
+    def _reset_index(self) -> None:
+        """Forget what a previous scan indexed (for subclasses that index the file)."""
 
     def _scanned(self, seq: int, line: bytes, offset: int) -> None:
         """Each complete decision line found on opening (for subclasses that index the file)."""
@@ -114,18 +181,64 @@ class DecisionFile:
     def _last_rotated_seq(self) -> int:
         return scan_lines(self.path.with_name(self.path.name + ".1"))[1]
 
+    def _undo(self, size: int) -> None:
+        """Cut the file back to ``size`` (the end of a whole line); if that fails too, reopen before the next write."""
+        if self._fd is None:
+            return
+        try:
+            os.ftruncate(self._fd, size)
+        except OSError:
+            log.exception("%s: cannot cut a failed write back to %d bytes; the file is reopened (and its "
+                          "torn tail cut) before the next append", self.path, size)
+            self._close_fd()
+
+    def _close_fd(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
     def append(self, lines: list[bytes], last_seq: int) -> None:
-        """Append complete lines (each without newline) in one write, then fsync by policy."""
+        """Append complete lines (each without newline), then fsync by policy; all of them or none.
+
+        Raises ``AppendFailed`` (the file cut back to its last whole line, ``error`` set).
+        """
         if not lines:
             return
+        if self._fd is None:
+            before = self.last_seq
+            self._open()
+            if self.last_seq != before:  # the caller decided on a last seq the file does not have
+                raise AppendFailed(errno.EAGAIN, f"{self.path}: reopened, it holds decisions up to seq "
+                                                 f"{self.last_seq}, not {before}; nothing appended")
         data = b"".join(line + b"\n" for line in lines)
-        self._file.write(data)
-        self._size += len(data)
-        self.last_seq = last_seq
+        start = self._size
+        view = memoryview(data)
+        try:
+            while view:
+                n = self._write(self._fd, view)
+                if n <= 0:
+                    raise OSError(errno.EIO, "write returned 0")
+                if n < len(view):
+                    self.counters["short_writes"] += 1
+                view = view[n:]
+        except OSError as error:
+            self._undo(start)
+            raise self._failed("append", error, "append_errors") from error
+        self._size = start + len(data)
+        previous_seq, self.last_seq = self.last_seq, last_seq
         self._dirty = True
         now = time.monotonic()
         if self.fsync == "always" or (self.fsync == "interval" and now - self._synced_at >= self.fsync_interval_s):
-            self.sync()
+            try:
+                self.sync()
+            except AppendFailed:
+                if self.fsync == "always":
+                    self.last_seq = previous_seq
+                raise
+        self.error = None
         if self.rotate_bytes and self._size >= self.rotate_bytes:
             self._rotate()
 
@@ -135,9 +248,18 @@ class DecisionFile:
         return lines
 
     def sync(self) -> None:
-        if self._dirty:
-            os.fsync(self._file.fileno())
+        """fsync what was appended; on failure everything since the last good fsync is cut off (AppendFailed)."""
+        if self._dirty and self._fd is not None:
+            try:
+                self._fsync(self._fd)
+            except OSError as error:
+                size, seq = self._synced
+                self._undo(size)
+                self._size, self.last_seq = size, seq
+                self._dirty = False
+                raise self._failed("fsync", error, "fsync_errors") from error
             self._dirty = False
+        self._synced = (self._size, self.last_seq)
         self._synced_at = time.monotonic()
 
     def maybe_sync(self) -> None:
@@ -146,22 +268,35 @@ class DecisionFile:
             self.sync()
 
     def _rotate(self) -> None:
-        self.sync()
-        self._file.close()
-        for n in range(self.rotate_keep - 1, 0, -1):
-            older = self.path.with_name(f"{self.path.name}.{n}")
-            if older.exists():
-                older.rename(self.path.with_name(f"{self.path.name}.{n + 1}"))
-        self.path.rename(self.path.with_name(self.path.name + ".1"))
-        fsync_dir(self.path.parent)
-        self._file = open(self.path, "ab", buffering=0)
+        """Rename the full file away between two whole lines; a failure is logged and tried again later."""
+        try:
+            self.sync()
+            for n in range(self.rotate_keep - 1, 0, -1):
+                older = self.path.with_name(f"{self.path.name}.{n}")
+                if older.exists():
+                    older.rename(self.path.with_name(f"{self.path.name}.{n + 1}"))
+            self.path.rename(self.path.with_name(self.path.name + ".1"))
+            fsync_dir(self.path.parent)
+        except OSError as error:
+            log.error("%s: cannot rotate (%s); it grows on until it can", self.path, error)
+            return
+        self._close_fd()
+        last_seq = self.last_seq
         self._size = 0
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as error:
+            self._failed("open it after rotation", error, "open_errors")
+            return  # the next append opens it (and finds the last seq in the rotated file)
+        self._fd = fd
+        self._synced = (0, last_seq)
 
     def close(self) -> None:
         try:
-            self.sync()
+            if self._fd is not None:
+                self.sync()
         finally:
-            self._file.close()
+            self._close_fd()
 
 
 class DecisionJournal(DecisionFile):
@@ -182,12 +317,18 @@ class DecisionJournal(DecisionFile):
                              f"got {window}, {index_max}, {index_every}")
         self.window = window
         self.index_max = index_max
-        self.index_every = index_every
+        self.index_every = self._index_every_first = index_every
         self._recent: list[tuple[int, bytes]] = []  # (seq, line), oldest first, the file's last lines
         self._index: list[tuple[int, int]] = []  # (seq, offset) of every index_every-th line
         self._since_indexed = 0
         self.reads_from_file = 0
         super().__init__(path, fsync=fsync)
+
+    def _reset_index(self) -> None:
+        self._recent.clear()
+        self._index.clear()
+        self._since_indexed = 0
+        self.index_every = self._index_every_first
 
     def _scanned(self, seq: int, line: bytes, offset: int) -> None:
         self._remember(seq, line, offset)
@@ -256,12 +397,23 @@ def fsync_dir(directory: Path) -> None:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Temp file, fsync, rename, fsync the directory: the file is old or new, never torn."""
+    """Temp file, fsync, rename, fsync the directory: the file is old or new, never torn.
+
+    On failure (a full disk, a read-only directory) the OSError is raised, the
+    old file is left as it was and the temp file is removed.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
     fsync_dir(path.parent)

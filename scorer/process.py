@@ -17,6 +17,13 @@ engine state reflects, and the next seq is ``max(snapshot, journal + 1)``.
 Between decisions the snapshot is rewritten every ``persist_interval_s`` so
 running timers resume close to where they were.
 
+When the state file or the journal cannot be written (a full disk, a
+read-only directory), the decisions wait in ``uncommitted`` (unpublished,
+and no ``state.*`` goes out meanwhile), health is degraded with the reason,
+and the commit is tried again with the next decision and every
+``persist_interval_s``; a snapshot written meanwhile carries them in
+``recent`` so a kill still loses none.
+
 Replays for the logger come from the journal's last ``JOURNAL_WINDOW`` lines
 in memory, or from the journal file for anything older, so the scorer's
 memory does not grow with the journal over months of running.
@@ -36,7 +43,7 @@ from proto.messages import (
 )
 from runtime.health import Health
 from runtime.stage import Stage, stage_command
-from runtime.storage import DecisionJournal, write_atomic
+from runtime.storage import AppendFailed, DecisionJournal, write_atomic
 from scorer.engine import CONFIDENCE, Engine
 
 log = logging.getLogger("wanctl.scorer")
@@ -62,12 +69,19 @@ class ScorerCore:
         self.epoch = epoch
         self.state_path = resolve_path(cfg, s.state_path)
         self.journal = DecisionJournal(resolve_path(cfg, s.journal_path), fsync="always", window=JOURNAL_WINDOW)
-        self.tallies = {"journal_repaired": 0, "state_file_errors": 0, "replays_served": 0}
+        self.tallies = {"journal_repaired": 0, "state_file_errors": 0, "replays_served": 0, "commit_errors": 0}
+        self.uncommitted: list[Decision] = []  # decided, not yet durable, not published
+        self.storage_error: str | None = None
         self.engine, recent = self._load_state()
         for line in recent:  # kill between the snapshot and the journal append
             decision = from_json(line)
             if decision.seq > self.journal.last_seq:
-                self.journal.append_decisions([decision])
+                try:
+                    self.journal.append_decisions([decision])
+                except AppendFailed as error:
+                    self._storage_failed(error)
+                    self.uncommitted.append(decision)
+                    continue
                 self.tallies["journal_repaired"] += 1
         if self.tallies["journal_repaired"]:
             log.warning("journal: restored %d decisions from the state file", self.tallies["journal_repaired"])
@@ -90,33 +104,69 @@ class ScorerCore:
         except Exception as error:  # noqa: BLE001 - a bad state file must not stop steering
             self.tallies["state_file_errors"] += 1
             bad = self.state_path.with_name(self.state_path.name + ".bad")
-            self.state_path.rename(bad)
+            try:
+                self.state_path.rename(bad)
+            except OSError as rename_error:
+                bad = f"nowhere ({rename_error})"
             log.error("%s: cannot restore scorer state (%s); moved to %s, starting from GOOD",
                       self.state_path, error, bad)
             return Engine(self.cfg.scorer, wans=self.cfg.wans, epoch=self.epoch), []
 
     def persist(self) -> None:
+        """Rewrite the snapshot (between decisions); a failure degrades health and is tried again later."""
+        if self.uncommitted:
+            self.commit()  # the snapshot must carry them
+            return
         recent = self.journal.recent_lines(RECENT)
-        write_atomic(self.state_path, msgspec.msgpack.encode(
-            PersistedState(engine=self.engine.export(), recent=recent)))
+        try:
+            write_atomic(self.state_path, msgspec.msgpack.encode(
+                PersistedState(engine=self.engine.export(), recent=recent)))
+        except OSError as error:
+            self._storage_failed(error)
+            return
+        self.storage_error = None
         self.dirty = False
 
     def on_telemetry(self, sample: Telemetry) -> list[Decision]:
-        """Score one sample; decisions come back already committed and journaled."""
+        """Score one sample; the decisions that come back are committed and journaled (older ones first)."""
         outcome = self.engine.process(sample)
         if outcome.cause is None:
             self.dirty = True
         decisions = list(outcome.decisions)
-        if decisions:
-            for d in decisions:  # the envelope is the shell's
-                d.source, d.epoch = "scorer", self.epoch
-            lines = [to_json(d) for d in decisions]
-            recent = self.journal.recent_lines(RECENT) + lines
+        for d in decisions:  # the envelope is the shell's
+            d.source, d.epoch = "scorer", self.epoch
+        if not decisions:
+            return []  # waiting ones are retried every persist_interval_s, not on every sample
+        self.uncommitted.extend(decisions)
+        return self.commit()
+
+    def commit(self) -> list[Decision]:
+        """Snapshot, then journal, the uncommitted decisions; returns them once durable ([] on failure)."""
+        pending = self.uncommitted
+        if not pending:
+            return []
+        lines = [to_json(d) for d in pending]
+        recent = self.journal.recent_lines(RECENT) + lines
+        try:
             write_atomic(self.state_path, msgspec.msgpack.encode(
-                PersistedState(engine=self.engine.export(), recent=recent[-RECENT:])))
+                PersistedState(engine=self.engine.export(), recent=recent[-max(RECENT, len(lines)):])))
             self.dirty = False
-            self.journal.append_decisions(decisions)
-        return decisions
+            self.journal.append_decisions(pending)
+        except OSError as error:
+            self._storage_failed(error)
+            return []
+        self.uncommitted = []
+        self.storage_error = None
+        return pending
+
+    def _storage_failed(self, error: OSError) -> None:
+        self.tallies["commit_errors"] += 1
+        reason = str(error) if isinstance(error, AppendFailed) else (
+            f"{getattr(error, 'filename', None) or self.state_path}: {error.strerror or error}")
+        if reason != self.storage_error:
+            log.error("cannot write the scorer's state or journal (%s); %d decisions wait, unpublished, "
+                      "and are written when it can be", reason, len(self.uncommitted))
+        self.storage_error = reason
 
     def replay(self, request: ReplayRequest) -> ReplayReply:
         """Journal lines after a seq (the logger's catch-up)."""
@@ -136,8 +186,11 @@ class ScorerCore:
         return out
 
     def conditions(self) -> dict[str, str]:
-        """None of its own: the confidence policy's failures are timed by ``EngineMetrics``."""
-        return {}
+        """Storage only (the confidence policy's failures are timed by ``EngineMetrics``)."""
+        if self.storage_error is None:
+            return {}
+        return {"storage": f"{self.storage_error}; {len(self.uncommitted)} decisions wait, unpublished, "
+                           f"until they can be written"}
 
     def close(self) -> None:
         try:
@@ -260,6 +313,15 @@ def run(cfg: Config) -> int:
                     health.sent("state")
             metrics.sync(core, states, time.monotonic())
 
+        def publish_decisions(decisions: list[Decision]) -> None:
+            for decision in decisions:
+                pub.send(decision)
+                counters["decisions_published"] += 1
+                metrics.decided(decision)
+                health.sent("decision")
+            if decisions:
+                publish_states(force=False)
+
         while not stage.stopping:
             now = time.monotonic()
             timeout = min(states_due, persist_due, stage.beats.due) - now
@@ -271,14 +333,7 @@ def run(cfg: Config) -> int:
                     if not isinstance(message, Telemetry):
                         continue
                     received += 1
-                    decisions = core.on_telemetry(message)
-                    for decision in decisions:
-                        pub.send(decision)
-                        counters["decisions_published"] += 1
-                        metrics.decided(decision)
-                        health.sent("decision")
-                    if decisions:
-                        publish_states(force=False)
+                    publish_decisions(core.on_telemetry(message))
                 if received:
                     health.saw("telemetry", received)
             if journal_sock in events:
@@ -294,11 +349,13 @@ def run(cfg: Config) -> int:
                     except zmq.ZMQError:
                         pass  # the requester went away; it will ask again
             now = time.monotonic()
-            if now >= states_due:
+            if now >= states_due and not core.uncommitted:  # no state ahead of an undurable decision
                 publish_states(force=True)
                 states_due = now + s.state_interval_s
             if now >= persist_due:
-                if core.dirty:
+                if core.uncommitted:
+                    publish_decisions(core.commit())
+                elif core.dirty:
                     core.persist()
                 persist_due = now + s.persist_interval_s
             if now >= stage.beats.due:
