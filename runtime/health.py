@@ -162,6 +162,7 @@ class Health:
         self._counter_sources: list[tuple[str, Callable[[], Mapping[str, int]]]] = [("stage", lambda: self._own)]
         self._condition_sources: list[tuple[str, Callable[[], Mapping[str, str]]]] = []
         self._details: dict[str, Any] = {}
+        self._notes: dict[str, Any] = {}  # details that outlive ``set_details`` (``note``)
         self._wans: dict[str, dict[str, Any]] = {}
         self._fallbacks: dict[str, int] = {}
         self._rejected_synced: dict[str, int] = {}
@@ -365,6 +366,11 @@ class Health:
         with self._lock:
             self._details = json.loads(json.dumps(details))
 
+    def note(self, key: str, value: Any) -> None:
+        """A ``details`` entry the stage's later ``set_details`` calls keep (e.g. what its files are bound to)."""
+        with self._lock:
+            self._notes[key] = json.loads(json.dumps(value))
+
     # --- the scorer's facts, straight from its messages -----------------------
 
     def observe_decision(self, d: Decision) -> None:
@@ -434,8 +440,8 @@ class Health:
                 "started_wall": round(self._started_wall, 3),
                 "last_message": last,
                 "counters": counters,
-                "details": {**self._details, "wans": json.loads(json.dumps(self._wans))} if self._wans
-                else self._details,
+                "details": {**self._notes, **self._details,
+                            **({"wans": json.loads(json.dumps(self._wans))} if self._wans else {})},
             }
 
     def _last_age(self) -> float:

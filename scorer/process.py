@@ -38,6 +38,7 @@ from runtime.health import Health
 from runtime.stage import Stage, stage_command
 from runtime.storage import DecisionJournal, write_atomic
 from scorer.engine import CONFIDENCE, Engine
+from runtime.binding import bind as bind_to_router
 
 log = logging.getLogger("wanctl.scorer")
 
@@ -224,6 +225,7 @@ def _state_key(state: State) -> tuple:
 
 def run(cfg: Config) -> int:
     with Stage(cfg, "scorer") as stage:
+        stage.health.note("router_binding", bind_to_router(cfg).details())  # before any file is opened
         core = ScorerCore(cfg, epoch=stage.epoch)
         stage.on_close("persist the scorer state and close the journal", core.close)
         sub = stage.subscriber([b"telemetry."])
