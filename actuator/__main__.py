@@ -73,6 +73,7 @@ def run(cfg: Config, password: str | None, *, dry_run: bool, stage: str) -> int:
                 pub.send(actuation)
                 counters["actuations_published"] += 1
                 health.sent("actuation")
+                health.observe_actuation(actuation)
                 view.last[actuation.wan] = actuation
             if now >= rt.beats.due:
                 health.sync_dropped(rt.decoder.counters)

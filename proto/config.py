@@ -249,12 +249,17 @@ class Logger(Section):
 
 
 class Health(Section):
-    """Each stage's loopback HTTP endpoint: GET /health (JSON) and GET /metrics (Prometheus).
+    """Each stage's HTTP endpoint: GET /health (JSON) and GET /metrics (Prometheus).
 
-    A port of 0 disables that stage's endpoint.
+    A port of 0 disables that stage's endpoint.  ``host`` is a loopback address
+    unless ``allow_remote`` is true: the endpoints have no authentication and
+    no TLS, so anyone who can reach them reads the pipeline's state (the
+    router's address, WAN names, rule comments, decisions); bind them to a
+    management address and firewall them.
     """
 
     host: str = "127.0.0.1"
+    allow_remote: bool = False  # true: host may be any address (e.g. 0.0.0.0 for a remote Prometheus)
     bus: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9461
     collector: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9462
     scorer: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9463
@@ -386,9 +391,10 @@ def _cross_field_problems(cfg: Config) -> list[str]:
             f"router.backoff_initial_s: must be at most backoff_max_s ({cfg.router.backoff_max_s}), "
             f"got {cfg.router.backoff_initial_s}"
         )
-    if not is_loopback_host(cfg.health.host):
+    if not cfg.health.allow_remote and not is_loopback_host(cfg.health.host):
         problems.append(
-            f"health.host: must be a loopback address (127.0.0.1, ::1 or localhost), got {cfg.health.host!r}"
+            f"health.host: must be a loopback address (127.0.0.1, ::1 or localhost) unless "
+            f"health.allow_remote is true, got {cfg.health.host!r}"
         )
     return problems
 

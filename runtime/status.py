@@ -20,7 +20,7 @@ UNREACHABLE = "unreachable"
 
 def stage_urls(cfg: Config) -> dict[str, str]:
     """The health URL of every stage whose endpoint is enabled (port not 0)."""
-    host = cfg.health.host
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(cfg.health.host, cfg.health.host)  # a wildcard serves loopback too
     host = f"[{host}]" if ":" in host else host
     return {stage: f"http://{host}:{getattr(cfg.health, stage)}" for stage in STAGES if getattr(cfg.health, stage)}
 

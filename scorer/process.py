@@ -186,6 +186,7 @@ class EngineMetrics:
         active_now = {state.wan: state.flap_penalty_remaining_s is not None for state in states}
         for state in states:
             health.observe_state(state)
+            health.observe_agreement(state.wan, state.desired, policy_states(engine, state.wan, engine.shadows))
         for wan, w in engine.wans.items():
             cp = w.confidence_policy
             self._bring_up(wan, "degrade_resets", cp.degrade_resets, m.timer_resets.labels(wan=wan, timer="degrade"))
@@ -217,6 +218,14 @@ class EngineMetrics:
         s = self.cfg.scorer
         health.set_details({"policy": s.policy, "shadow": s.shadow, "last_decision_seq": core.journal.last_seq,
                             "next_seq": engine.next_seq, "accepted": engine.counters["accepted"]})
+
+
+def policy_states(engine: Engine, wan: str, policies: list[str]) -> dict[str, str]:
+    """The state of each of ``policies`` for ``wan`` (the shadows, for the agreement metric)."""
+    w = engine.wans[wan]
+    held = {"quality": w.quality.state, "confidence": w.confidence_policy.state,
+            "hysteresis": w.hysteresis_policy.state}
+    return {p: held[p] for p in policies}
 
 
 def _state_key(state: State) -> tuple:
