@@ -268,6 +268,19 @@ class Health(Section):
     stale_after_s: Positive = 5.0  # no expected input for this long: degraded
 
 
+class Notify(Section):
+    """Webhook notifications from the scorer: one JSON POST per driving decision and per flap-brake
+    activation, sent from a background thread through a bounded queue (a full queue drops, never waits),
+    each retried with exponential backoff from ``backoff_initial_s`` up to ``backoff_max_s``."""
+
+    webhook_url: str | None = None  # http:// or https://; unset: no notifications
+    timeout_s: Positive = 5.0  # per POST
+    retries: Annotated[int, msgspec.Meta(ge=0, le=20)] = 5  # after the first attempt
+    backoff_initial_s: Positive = 1.0
+    backoff_max_s: Positive = 60.0
+    queue_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 100
+
+
 class Config(Section):
     scorer: Scorer = msgspec.field(default_factory=Scorer)
     bus: Bus = msgspec.field(default_factory=Bus)
@@ -277,6 +290,7 @@ class Config(Section):
     actuator: Actuator = msgspec.field(default_factory=Actuator)
     logger: Logger = msgspec.field(default_factory=Logger)
     health: Health = msgspec.field(default_factory=Health)
+    notify: Notify = msgspec.field(default_factory=Notify)
     # Directory relative paths in the file resolve against (the file's own).
     base_dir: str = "."
 
@@ -391,6 +405,12 @@ def _cross_field_problems(cfg: Config) -> list[str]:
             f"router.backoff_initial_s: must be at most backoff_max_s ({cfg.router.backoff_max_s}), "
             f"got {cfg.router.backoff_initial_s}"
         )
+    url = cfg.notify.webhook_url
+    if url is not None and not re.match(r"^https?://[^/\s]+", url):
+        problems.append(f"notify.webhook_url: must be an http:// or https:// URL, got {url!r}")
+    if cfg.notify.backoff_initial_s > cfg.notify.backoff_max_s:
+        problems.append(f"notify.backoff_initial_s: must be at most backoff_max_s ({cfg.notify.backoff_max_s}), "
+                        f"got {cfg.notify.backoff_initial_s}")
     if not cfg.health.allow_remote and not is_loopback_host(cfg.health.host):
         problems.append(
             f"health.host: must be a loopback address (127.0.0.1, ::1 or localhost) unless "

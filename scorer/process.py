@@ -39,6 +39,7 @@ from runtime.stage import Stage, stage_command
 from runtime.storage import DecisionJournal, write_atomic
 from scorer.engine import CONFIDENCE, Engine
 from runtime.binding import bind as bind_to_router
+from runtime.notify import start_notifier
 
 log = logging.getLogger("wanctl.scorer")
 
@@ -247,6 +248,7 @@ def run(cfg: Config) -> int:
         health.conditions_from("core", core.conditions)
         health.expect("telemetry")
         metrics = EngineMetrics(health, cfg)
+        notifier = start_notifier(stage)
         state_seq = 0
         published: dict[str, tuple] = {}
         s = cfg.scorer
@@ -270,6 +272,7 @@ def run(cfg: Config) -> int:
                     counters["states_published"] += 1
                     health.sent("state")
             metrics.sync(core, states, time.monotonic())
+            notifier.states(states)
 
         while not stage.stopping:
             now = time.monotonic()
@@ -287,6 +290,7 @@ def run(cfg: Config) -> int:
                         pub.send(decision)
                         counters["decisions_published"] += 1
                         metrics.decided(decision)
+                        notifier.decision(decision)
                         health.sent("decision")
                     if decisions:
                         publish_states(force=False)
