@@ -314,6 +314,7 @@ def test_alert_rules_use_only_metrics_the_stages_expose():
     h.metrics.flap_brake_activations.labels(wan="wan1").inc()
     h.metrics.fallback_decisions.labels(wan="wan1").inc()
     h.rejected("non_finite", "wan1")
+    h.metrics.actuations.labels(wan="wan1", result="failed").inc()
     exposed = {s.name for f in text_string_to_metric_families(generate_latest(h.registry).decode()) for s in f.samples}
     for name, rule in alerts.items():
         assert rule["labels"]["severity"] in {"warning", "critical"} and rule["annotations"]["summary"]
