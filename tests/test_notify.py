@@ -160,7 +160,7 @@ def test_a_hanging_webhook_never_blocks_the_caller_and_the_queue_is_bounded(hook
 def test_the_scorer_process_posts_its_driving_decisions(hook):
     """wanctl-scorer with notify.webhook_url, under real telemetry on a real bus."""
     directory = short_tmp()
-    config = write_config(directory, {"scorer": {**INSTANT, "policy": "confidence"}, "notify": {"webhook_url": hook.url}})
+    config = write_config(directory, {"scorer": INSTANT, "notify": {"webhook_url": hook.url}})
     cfg = load(config)
     stages = [Stage("wanctl-bus", config, directory), Stage("wanctl-scorer", config, directory)]
     client = BusClient(cfg, [b"decision."])
