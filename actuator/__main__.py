@@ -73,6 +73,7 @@ def run(cfg: Config, password: str | None, *, dry_run: bool, stage: str) -> int:
                 pub.send(actuation)
                 counters["actuations_published"] += 1
                 health.sent("actuation")
+                health.observe_actuation(actuation)
                 view.last[actuation.wan] = actuation
             if now >= rt.beats.due:
                 health.sync_dropped(rt.decoder.counters)
@@ -92,8 +93,11 @@ def _entry(noop: bool) -> None:
             log.info("dry run: the mangle rules are read, never written")
         return run(cfg, router_password(cfg), dry_run=dry_run, stage=stage)
 
-    stage_command(stage, "Drive each WAN's mangle rule toward the scorer's desired state.", start,
-                  needs_router=True)
+    summary = ("Dry run: follow the scorer's desired state for each WAN, read its mangle rule and publish "
+               "dry_run actuations, never writing to the router (takes the actuator's lock: never runs beside "
+               "wanctl-actuator)." if noop else
+               "Drive each WAN's mangle rule toward the scorer's desired state (read only with actuator.dry_run).")
+    stage_command(stage, summary, start, needs_router=True)
 
 
 def main() -> None:

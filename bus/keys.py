@@ -28,10 +28,13 @@ def make_keys(keys_dir: str | os.PathLike) -> Path:
 def main(argv: list[str] | None = None) -> None:
     import typer
 
-    app = typer.Typer(add_completion=False)
+    from runtime import cli
 
-    @app.command()
-    def command(keys_dir: str = typer.Argument(..., help="directory for the CURVE keys (bus.keys_dir)")) -> None:
+    app = cli.app()
+
+    @app.command(cls=cli.Command)
+    def command(keys_dir: str = typer.Argument(..., help="directory for the CURVE keys (bus.keys_dir)"),
+                version: bool = cli.version_option()) -> None:
         """Create the CURVE server and client keys used when bus endpoints are tcp://.
 
         Copy the directory (mode 0700) to every host that runs a stage; a process

@@ -18,9 +18,11 @@ import zmq
 
 from bus import sockets
 from proto.messages import KINDS, Actuation, Decision, Heartbeat, Message, State, Telemetry, to_json
+from runtime import cli
 from runtime.stop import StopFlag
 
-app = typer.Typer(add_completion=False)
+app = cli.app()
+CONNECT_TIMEOUT_S = 5.0
 
 
 class SeqWatch:
@@ -91,16 +93,19 @@ def human(message: Message) -> str:
     return f"{clock} {message!r}"
 
 
-@app.command()
+@app.command(cls=cli.Command)
 def main(
-    config: str = typer.Option(None, "--config", help="wanctl.yaml (bus endpoints and keys)"),
+    config: str = typer.Option(None, "--config", metavar="PATH", envvar="WANCTL_CONFIG",
+                               help="the pipeline's config (bus endpoints and keys); relative paths in it "
+                                    "resolve against its directory [default: $WANCTL_CONFIG]"),
     json: bool = typer.Option(False, "--json", help="print JSONL (the messages' JSON form)"),
-    kind: list[str] = typer.Option(None, "--kind", help=f"only these kinds ({', '.join(KINDS)}); repeatable"),
-    wan: list[str] = typer.Option(None, "--wan", help="only these WANs (leaves out heartbeats, which have no WAN); repeatable"),
-    count: int = typer.Option(0, "--count", min=0, help="exit after printing this many messages (0: no limit)"),
-    connect_timeout: float = typer.Option(0.0, "--connect-timeout", min=0,
+    kind: list[str] = typer.Option(None, "--kind", metavar="KIND", help=f"only these kinds ({', '.join(KINDS)}); repeatable"),
+    wan: list[str] = typer.Option(None, "--wan", metavar="WAN", help="only these WANs (leaves out heartbeats, which have no WAN); repeatable"),
+    count: int = typer.Option(0, "--count", min=0, metavar="N", help="exit after printing this many messages (0: no limit)"),
+    connect_timeout: float = typer.Option(CONNECT_TIMEOUT_S, "--connect-timeout", min=0, metavar="SECONDS",
                                           help="exit 1 if the bus does not answer within this many seconds "
                                                "(0: keep waiting)"),
+    version: bool = cli.version_option(),
 ) -> None:
     """Connect to the bus and print every message that passes, one per line."""
     kinds = list(kind or [])
@@ -119,13 +124,14 @@ def main(
     printed = 0
     connected = False
     started = time.monotonic()
+    where = sockets.endpoint(cfg, cfg.bus.subscribe)
+    ipc_path = where[len("ipc://"):] if where.startswith("ipc://") else None
     out = sys.stdout
     try:
         while not stop.stopping and (count == 0 or printed < count):
             if not sub.poll(100, zmq.POLLIN):
                 if not connected and connect_timeout and time.monotonic() - started > connect_timeout:
-                    print(f"wanctl-tap: no answer from the bus at {sockets.endpoint(cfg, cfg.bus.subscribe)} "
-                          f"within {connect_timeout:g}s", file=sys.stderr)
+                    print(f"wanctl-tap: {not_connected(where, ipc_path, config, connect_timeout)}", file=sys.stderr)
                     raise typer.Exit(1)
                 continue
             for frames in sockets.pending_frames(sub):
@@ -158,6 +164,16 @@ def main(
     dropped = {k: v for k, v in decoder.counters.items() if k not in ("received", "welcome") and v}
     if dropped:
         print(f"wanctl-tap: dropped frames: {dropped}", file=sys.stderr)
+
+
+def not_connected(where: str, ipc_path: str | None, config: str | None, waited_s: float) -> str:
+    """Why the tap got no answer from the bus, for an operator."""
+    if ipc_path is not None and not os.path.exists(ipc_path):
+        origin = (f"relative paths in {config} resolve against {os.path.dirname(os.path.abspath(config))}"
+                  if config else f"no --config (nor $WANCTL_CONFIG): the defaults, relative to {os.getcwd()}")
+        return (f"no bus socket at {ipc_path} after {waited_s:g}s: is the pipeline running with this config? "
+                f"({origin})")
+    return f"no answer from the bus at {where} within {waited_s:g}s"
 
 
 def run() -> None:

@@ -47,8 +47,7 @@ def run(cfg: Config, password: str | None) -> int:
                 pub.send(sample)
                 health.sent("telemetry")
                 view.last[sample.wan] = sample
-                if sample.rtt_ms is not None:
-                    health.metrics.wan_rtt.labels(wan=sample.wan).set(sample.rtt_ms)
+                health.observe_telemetry(sample)
                 if collector.link.connected:
                     health.saw("router_reply")
             now = time.monotonic()

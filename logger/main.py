@@ -28,6 +28,7 @@ from proto.messages import Decision, Heartbeat, ReplayReply, ReplayRequest, from
 from runtime.health import Health
 from runtime.stage import Stage, stage_command
 from runtime.storage import DecisionFile
+from runtime.binding import bind as bind_to_router
 
 log = logging.getLogger("wanctl.logger")
 
@@ -60,6 +61,7 @@ def report_progress(health: Health, file: DecisionFile, decisions: DecisionLog, 
 
 def run(cfg: Config) -> int:
     with Stage(cfg, "logger") as stage:
+        stage.health.note("router_binding", bind_to_router(cfg).details())  # the scorer's files and this one
         lc = cfg.logger
         file = DecisionFile(resolve_path(cfg, lc.path), fsync=lc.fsync, fsync_interval_s=lc.fsync_interval_s,
                             rotate_bytes=lc.rotate_bytes, rotate_keep=lc.rotate_keep)

@@ -249,18 +249,36 @@ class Logger(Section):
 
 
 class Health(Section):
-    """Each stage's loopback HTTP endpoint: GET /health (JSON) and GET /metrics (Prometheus).
+    """Each stage's HTTP endpoint: GET /health (JSON) and GET /metrics (Prometheus).
 
-    A port of 0 disables that stage's endpoint.
+    A port of 0 disables that stage's endpoint.  ``host`` is a loopback address
+    unless ``allow_remote`` is true: the endpoints have no authentication and
+    no TLS, so anyone who can reach them reads the pipeline's state (the
+    router's address, WAN names, rule comments, decisions); bind them to a
+    management address and firewall them.
     """
 
     host: str = "127.0.0.1"
+    allow_remote: bool = False  # true: host may be any address (e.g. 0.0.0.0 for a remote Prometheus)
     bus: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9461
     collector: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9462
     scorer: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9463
     actuator: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9464
     logger: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9465
     stale_after_s: Positive = 5.0  # no expected input for this long: degraded
+
+
+class Notify(Section):
+    """Webhook notifications from the scorer: one JSON POST per driving decision and per flap-brake
+    activation, sent from a background thread through a bounded queue (a full queue drops, never waits),
+    each retried with exponential backoff from ``backoff_initial_s`` up to ``backoff_max_s``."""
+
+    webhook_url: str | None = None  # http:// or https://; unset: no notifications
+    timeout_s: Positive = 5.0  # per POST
+    retries: Annotated[int, msgspec.Meta(ge=0, le=20)] = 5  # after the first attempt
+    backoff_initial_s: Positive = 1.0
+    backoff_max_s: Positive = 60.0
+    queue_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 100
 
 
 class Config(Section):
@@ -272,6 +290,7 @@ class Config(Section):
     actuator: Actuator = msgspec.field(default_factory=Actuator)
     logger: Logger = msgspec.field(default_factory=Logger)
     health: Health = msgspec.field(default_factory=Health)
+    notify: Notify = msgspec.field(default_factory=Notify)
     # Directory relative paths in the file resolve against (the file's own).
     base_dir: str = "."
 
@@ -386,9 +405,16 @@ def _cross_field_problems(cfg: Config) -> list[str]:
             f"router.backoff_initial_s: must be at most backoff_max_s ({cfg.router.backoff_max_s}), "
             f"got {cfg.router.backoff_initial_s}"
         )
-    if not is_loopback_host(cfg.health.host):
+    url = cfg.notify.webhook_url
+    if url is not None and not re.match(r"^https?://[^/\s]+", url):
+        problems.append(f"notify.webhook_url: must be an http:// or https:// URL, got {url!r}")
+    if cfg.notify.backoff_initial_s > cfg.notify.backoff_max_s:
+        problems.append(f"notify.backoff_initial_s: must be at most backoff_max_s ({cfg.notify.backoff_max_s}), "
+                        f"got {cfg.notify.backoff_initial_s}")
+    if not cfg.health.allow_remote and not is_loopback_host(cfg.health.host):
         problems.append(
-            f"health.host: must be a loopback address (127.0.0.1, ::1 or localhost), got {cfg.health.host!r}"
+            f"health.host: must be a loopback address (127.0.0.1, ::1 or localhost) unless "
+            f"health.allow_remote is true, got {cfg.health.host!r}"
         )
     return problems
 

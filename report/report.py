@@ -50,6 +50,8 @@ from typing import Annotated, Any, Iterator, Literal, Optional
 import msgspec
 import typer
 
+from runtime import cli
+
 from proto.config import Flap, config_or_exit
 from proto.messages import DEGRADED, DISABLE, ENABLE, GOOD
 from scorer.flap import record_toggle
@@ -878,10 +880,10 @@ def plot_timeline(log: DecisionLog, trace: Optional[Trace], path: Path, max_wans
     plt.close(fig)
 
 
-app = typer.Typer(add_completion=False, help=__doc__)
+app = cli.app(help=__doc__)
 
 
-@app.command()
+@app.command(cls=cli.Command)
 def report(
     decisions: Path = typer.Argument(..., help="the logger's decisions.jsonl"),
     trace: Optional[Path] = typer.Option(None, "--trace", help="telemetry JSONL recorded alongside"),
@@ -890,6 +892,7 @@ def report(
     config: Optional[Path] = typer.Option(
         None, "--config", help="the scorer's wanctl.yaml (flap settings, congestion bound); defaults otherwise"
     ),
+    version: bool = cli.version_option(),
 ) -> None:
     """Episodes, decisions per day, flap brake, confidence, and Phase 2B vs 2A."""
     cfg = config_or_exit("wanctl-report", config)

@@ -14,11 +14,11 @@ of ``len`` bytes from stdin, act, write ``RESULT 2\\nOK``, repeat.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Optional
 
 
 def parse_tokens(line: str) -> dict[str, str]:
@@ -78,15 +78,28 @@ def serve(stdin, stdout, log_path: Path, webhook: str | None) -> None:
         stdout.flush()
 
 
-def main() -> None:
-    import argparse
+def main(argv: list[str] | None = None) -> None:
+    import typer
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--log", default="var/stage-events.jsonl", help="JSONL file of reported events")
-    parser.add_argument("--webhook", default=os.environ.get("WANCTL_WEBHOOK_URL"),
-                        help="POST each event as JSON here (default: $WANCTL_WEBHOOK_URL)")
-    args = parser.parse_args()
-    serve(sys.stdin, sys.stdout, Path(args.log), args.webhook)
+    from runtime import cli
+
+    app = cli.app()
+
+    @app.command(cls=cli.Command, help=(
+        "A supervisord event listener ([eventlistener:stage-events], PROCESS_STATE_EXITED and "
+        "PROCESS_STATE_FATAL): each unexpected exit or FATAL state of a stage is appended to --log as one "
+        "JSON line, written to stderr and, with --webhook, POSTed as JSON. Expected exits (supervisorctl "
+        "stop) are not reported. Speaks the listener protocol on stdin and stdout: run it under supervisord."))
+    def command(
+        log: Path = typer.Option(Path("var/stage-events.jsonl"), "--log", metavar="PATH",
+                                 help="JSONL file of reported events"),
+        webhook: Optional[str] = typer.Option(None, "--webhook", metavar="URL", envvar="WANCTL_WEBHOOK_URL",
+                                              help="POST each event as JSON here (default: $WANCTL_WEBHOOK_URL)"),
+        version: bool = cli.version_option(),
+    ) -> None:
+        serve(sys.stdin, sys.stdout, log, webhook)
+
+    app(argv)
 
 
 if __name__ == "__main__":

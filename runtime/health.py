@@ -35,13 +35,14 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from socketserver import TCPServer
 from typing import Any, Callable, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
 from proto.config import Config, is_loopback_host
-from proto.messages import DEGRADED as STEERING, ENABLE, Decision, State
+from proto.messages import DEGRADED as STEERING, ENABLE, Actuation, Decision, State, Telemetry
 
 log = logging.getLogger("wanctl.health")
 
@@ -125,6 +126,40 @@ class StageMetrics:
         )
         self.reconnects = Counter("wanctl_reconnects", "Reconnections, by peer", ["peer"], registry=r)
         self.wan_rtt = Gauge("wanctl_wan_rtt_ms", "Last measured RTT of the WAN path (ms)", ["wan"], registry=r)
+        # collector: the rest of each WAN's last sample (NaN while the value is unknown)
+        self.baseline_rtt = Gauge("wanctl_wan_baseline_rtt_ms", "Baseline (idle) RTT of the WAN path (ms)", ["wan"],
+                                  registry=r)
+        self.drops = Gauge("wanctl_wan_drops_per_second", "CAKE drops per second since the previous poll", ["wan"],
+                           registry=r)
+        self.queue_delay = Gauge("wanctl_wan_queue_delay_ms", "CAKE backlog as time (queued bytes / rate, ms)",
+                                 ["wan"], registry=r)
+        self.queue_depth = Gauge("wanctl_wan_queue_depth_pct", "CAKE queued packets as % of queue_capacity_packets",
+                                 ["wan"], registry=r)
+        self.loss = Gauge("wanctl_wan_loss_pct", "Share of the poll's probes that were lost (%)", ["wan"], registry=r)
+        # actuator: what each actuation did
+        self.actuations = Counter(
+            "wanctl_actuations",
+            "Actuations by result (applied, already, dry_run, failed)",
+            ["wan", "result"],
+            registry=r,
+        )
+        # scorer: shadows against the driving policy
+        self.agreement_checks = Counter(
+            "wanctl_policy_agreement_checks",
+            "State publications at which a shadow policy's state was compared with the driving state",
+            ["wan", "policy"],
+            registry=r,
+        )
+        self.agreements = Counter(
+            "wanctl_policy_agreements",
+            "Of those, the ones where the shadow policy's state equalled the driving state",
+            ["wan", "policy"],
+            registry=r,
+        )
+        self.agrees = Gauge(
+            "wanctl_policy_agrees", "1 while a shadow policy's state equals the driving state, else 0",
+            ["wan", "policy"], registry=r,
+        )
         # every stage: the bus
         self.bus_messages = Counter(
             "wanctl_bus_messages",
@@ -140,10 +175,16 @@ class StageMetrics:
 class Health:
     """The health state and endpoint of one stage; thread-safe."""
 
-    def __init__(self, stage: str, host: str = "127.0.0.1", port: int | None = 0, stale_after_s: float = 5.0):
-        """``port=None`` keeps the bookkeeping but serves nothing; ``port=0`` binds a free port."""
-        if not is_loopback_host(host):
-            raise ValueError(f"health endpoint of {stage}: host must be a loopback address, got {host!r}")
+    def __init__(self, stage: str, host: str = "127.0.0.1", port: int | None = 0, stale_after_s: float = 5.0,
+                 allow_remote: bool = False):
+        """``port=None`` keeps the bookkeeping but serves nothing; ``port=0`` binds a free port.
+
+        A host other than loopback needs ``allow_remote`` (``health.allow_remote``): the endpoint has no
+        authentication.
+        """
+        if not allow_remote and not is_loopback_host(host):
+            raise ValueError(f"health endpoint of {stage}: host must be a loopback address unless "
+                             f"health.allow_remote is true, got {host!r}")
         self.stage = stage
         self.host = host
         self.port = port
@@ -162,6 +203,7 @@ class Health:
         self._counter_sources: list[tuple[str, Callable[[], Mapping[str, int]]]] = [("stage", lambda: self._own)]
         self._condition_sources: list[tuple[str, Callable[[], Mapping[str, str]]]] = []
         self._details: dict[str, Any] = {}
+        self._notes: dict[str, Any] = {}  # details that outlive ``set_details`` (``note``)
         self._wans: dict[str, dict[str, Any]] = {}
         self._fallbacks: dict[str, int] = {}
         self._rejected_synced: dict[str, int] = {}
@@ -191,7 +233,7 @@ class Health:
         if stage not in STAGES:
             raise ValueError(f"health: unknown stage {stage!r}, expected one of {', '.join(STAGES)}")
         port = getattr(cfg.health, stage)
-        return cls(name or stage, cfg.health.host, port or None, cfg.health.stale_after_s)
+        return cls(name or stage, cfg.health.host, port or None, cfg.health.stale_after_s, cfg.health.allow_remote)
 
     @classmethod
     def for_stage(cls, cfg: Config, stage: str, name: str | None = None) -> Health:
@@ -215,7 +257,7 @@ class Health:
         if self.port is None or self._server is not None:
             return self
         handler = type("HealthRequestHandler", (_HealthRequestHandler,), {"health": self})
-        server_class = _IPv6Server if ":" in self.host else ThreadingHTTPServer
+        server_class = _IPv6Server if ":" in self.host else _IPv4Server
         try:
             self._server = server_class((self.host, self.port), handler)
         except OSError as error:
@@ -365,7 +407,42 @@ class Health:
         with self._lock:
             self._details = json.loads(json.dumps(details))
 
+    def note(self, key: str, value: Any) -> None:
+        """A ``details`` entry the stage's later ``set_details`` calls keep (e.g. what its files are bound to)."""
+        with self._lock:
+            self._notes[key] = json.loads(json.dumps(value))
+
+    # --- the collector's and the actuator's facts, straight from their messages -----
+
+    def observe_telemetry(self, sample: Telemetry) -> None:
+        """A published sample as the WAN's gauges (an unknown value is NaN, so a graph shows a gap)."""
+        m, wan = self.metrics, sample.wan
+        for gauge, value in ((m.wan_rtt, sample.rtt_ms), (m.baseline_rtt, sample.baseline_rtt_ms),
+                             (m.drops, sample.drops_per_sec), (m.queue_delay, sample.queue_delay_ms),
+                             (m.queue_depth, sample.queue_depth_pct), (m.loss, sample.loss_pct)):
+            if gauge is m.wan_rtt and value is None:
+                continue  # the last measured RTT stays (its meaning since the first version)
+            gauge.labels(wan=wan).set(math.nan if value is None else value)
+
+    def observe_actuation(self, actuation: Actuation) -> None:
+        self.metrics.actuations.labels(wan=actuation.wan, result=actuation.result).inc()
+
     # --- the scorer's facts, straight from its messages -----------------------
+
+    def observe_agreement(self, wan: str, driving_state: str, shadows: Mapping[str, str]) -> None:
+        """Compare each shadow policy's state with the driving one (the scorer calls this per state publication).
+
+        Policy agreement is ``wanctl_policy_agreements / wanctl_policy_agreement_checks``: the share of
+        state publications (at least one a second per WAN, and one after every decision) at which the
+        shadow's state equalled the driving state, so close to the share of time they agreed.
+        """
+        m = self.metrics
+        for policy, state in shadows.items():
+            same = state == driving_state
+            m.agreement_checks.labels(wan=wan, policy=policy).inc()
+            if same:
+                m.agreements.labels(wan=wan, policy=policy).inc()
+            m.agrees.labels(wan=wan, policy=policy).set(same)
 
     def observe_decision(self, d: Decision) -> None:
         """Count a decision the stage emitted (or logged): by policy, direction and fallback."""
@@ -434,8 +511,8 @@ class Health:
                 "started_wall": round(self._started_wall, 3),
                 "last_message": last,
                 "counters": counters,
-                "details": {**self._details, "wans": json.loads(json.dumps(self._wans))} if self._wans
-                else self._details,
+                "details": {**self._notes, **self._details,
+                            **({"wans": json.loads(json.dumps(self._wans))} if self._wans else {})},
             }
 
     def _last_age(self) -> float:
@@ -460,7 +537,16 @@ class _CountsCollector:
         yield family
 
 
-class _IPv6Server(ThreadingHTTPServer):
+class _IPv4Server(ThreadingHTTPServer):
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind looks up the host's FQDN, which can stall on a wildcard or
+        # non-loopback address without DNS; the name is never used.
+        TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), port
+
+
+class _IPv6Server(_IPv4Server):
     address_family = socket.AF_INET6
 
 

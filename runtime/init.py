@@ -30,12 +30,14 @@ from typing import Optional
 
 import typer
 
+from runtime import cli
+
 # Where deploy/wanctl.service expects things; replaced by the real places.
 UNIT_DIR = "/var/lib/wanctl"
 UNIT_BIN = "/opt/wanctl/bin"
 ROTATE_BYTES = 64 * 1024 * 1024
 
-app = typer.Typer(add_completion=False)
+app = cli.app()
 
 
 def shipped(name: str) -> str:
@@ -84,12 +86,13 @@ def logrotate_text(directory: Path) -> str:
     return shipped("deploy/logrotate.conf").replace(UNIT_DIR, str(directory))
 
 
-@app.command()
+@app.command(cls=cli.Command)
 def run(
     directory: Path = typer.Argument(..., help="the directory to write (created if missing)"),
     force: bool = typer.Option(False, "--force", help="overwrite files that already exist"),
     bin_dir: Optional[Path] = typer.Option(None, "--bin", help="where the wanctl and supervisord scripts are "
                                                                "[default: this script's directory]"),
+    version: bool = cli.version_option(),
 ) -> None:
     """Write a ready-to-run wanctl directory: config, supervisord.conf, systemd unit, alert rules."""
     directory = directory.expanduser().resolve()

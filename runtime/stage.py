@@ -274,11 +274,15 @@ def stage_command(stage: str, summary: str, start: Callable[[Config], int], *,
     """
     import typer
 
-    app = typer.Typer(add_completion=False)
+    from runtime import cli
 
-    @app.command(help=summary + " Exits 2 on a bad config, 1 if another instance of this stage holds "
+    app = cli.app()
+
+    @app.command(cls=cli.Command, help=summary + " Exits 2 on a bad config, 1 if another instance of this stage holds "
                                 "its lock in bus.run_dir.")
-    def command(config: str = typer.Option(None, "--config", help="wanctl.yaml")) -> None:
+    def command(config: str = typer.Option(None, "--config", metavar="PATH",
+                                           help="the wanctl config (none: every default)"),
+                version: bool = cli.version_option()) -> None:
         setup_logging(stage)
         cfg = sockets.load_stage_config(config, stage, needs_router=needs_router)
         try:

@@ -13,6 +13,7 @@ from typing import Any, Optional
 import typer
 
 from proto.config import Config, config_or_exit
+from runtime import cli
 from runtime.health import OK, STAGES, fetch_health
 
 UNREACHABLE = "unreachable"
@@ -20,7 +21,7 @@ UNREACHABLE = "unreachable"
 
 def stage_urls(cfg: Config) -> dict[str, str]:
     """The health URL of every stage whose endpoint is enabled (port not 0)."""
-    host = cfg.health.host
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(cfg.health.host, cfg.health.host)  # a wildcard serves loopback too
     host = f"[{host}]" if ":" in host else host
     return {stage: f"http://{host}:{getattr(cfg.health, stage)}" for stage in STAGES if getattr(cfg.health, stage)}
 
@@ -85,7 +86,16 @@ def format_table(report: dict[str, Any]) -> str:
                 reasons,
             )
         )
-        for wan, w in ((doc.get("details") or {}).get("wans") or {}).items():
+        details = doc.get("details") or {}
+        for wan, rule in (details.get("rules") or {}).items():  # the actuator's: live or dry run, per WAN
+            dry_run = rule.get("dry_run", details.get("dry_run"))
+            mode = "dry run" if dry_run else "live" if dry_run is not None else "?"
+            error = f", error: {rule['error']}" if rule.get("error") else ""
+            wan_lines.append(
+                f"  {stage}/{wan}: {mode}, desired {rule.get('desired') or '-'}, observed {rule.get('observed') or '-'},"
+                f" {rule.get('result') or '-'} (decision #{rule.get('decision_seq', '-')}){error}"
+            )
+        for wan, w in (details.get("wans") or {}).items():
             penalty = f"on, {_seconds(w.get('flap_penalty_remaining_s'))} left" if w.get("flap_penalty") else "off"
             wan_lines.append(
                 f"  {stage}/{wan}: {w.get('state')} by {w.get('policy')}, confidence {w.get('confidence')}"
@@ -101,14 +111,16 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines + wan_lines)
 
 
-app = typer.Typer(add_completion=False, help=__doc__)
+app = cli.app(help=__doc__)
 
 
-@app.command()
+@app.command(cls=cli.Command)
 def status(
-    config: Optional[Path] = typer.Option(None, "--config", help="wanctl.yaml (its health: section)"),
+    config: Optional[Path] = typer.Option(None, "--config", metavar="PATH", envvar="WANCTL_CONFIG",
+                                          help="the pipeline's config (its health: section) [default: $WANCTL_CONFIG]"),
     json_output: bool = typer.Option(False, "--json", help="print one JSON object"),
-    timeout: float = typer.Option(2.0, "--timeout", min=0.1, help="seconds to wait for each stage"),
+    timeout: float = typer.Option(2.0, "--timeout", min=0.1, metavar="SECONDS", help="seconds to wait for each stage"),
+    version: bool = cli.version_option(),
 ) -> None:
     """Query every stage's health endpoint; exit 1 when any is not ok."""
     cfg = config_or_exit("wanctl-status", config)

@@ -41,7 +41,9 @@ from proto.config import Config, resolve_path
 from proto.messages import (
     ENABLE, REPLAY_LIMIT, Decision, ReplayReply, ReplayRequest, State, Telemetry, from_json, to_json,
 )
+from runtime.binding import bind as bind_to_router
 from runtime.health import Health
+from runtime.notify import start_notifier
 from runtime.stage import Stage, stage_command
 from runtime.storage import AppendFailed, DecisionJournal, write_atomic
 from scorer.engine import CONFIDENCE, Engine
@@ -238,6 +240,7 @@ class EngineMetrics:
         active_now = {state.wan: state.flap_penalty_remaining_s is not None for state in states}
         for state in states:
             health.observe_state(state)
+            health.observe_agreement(state.wan, state.desired, policy_states(engine, state.wan, engine.shadows))
         for wan, w in engine.wans.items():
             cp = w.confidence_policy
             self._bring_up(wan, "degrade_resets", cp.degrade_resets, m.timer_resets.labels(wan=wan, timer="degrade"))
@@ -271,12 +274,21 @@ class EngineMetrics:
                             "next_seq": engine.next_seq, "accepted": engine.counters["accepted"]})
 
 
+def policy_states(engine: Engine, wan: str, policies: list[str]) -> dict[str, str]:
+    """The state of each of ``policies`` for ``wan`` (the shadows, for the agreement metric)."""
+    w = engine.wans[wan]
+    held = {"quality": w.quality.state, "confidence": w.confidence_policy.state,
+            "hysteresis": w.hysteresis_policy.state}
+    return {p: held[p] for p in policies}
+
+
 def _state_key(state: State) -> tuple:
     return (state.desired, state.decision_seq, state.flap_penalty)
 
 
 def run(cfg: Config) -> int:
     with Stage(cfg, "scorer") as stage:
+        stage.health.note("router_binding", bind_to_router(cfg).details())  # before any file is opened
         core = ScorerCore(cfg, epoch=stage.epoch)
         stage.on_close("persist the scorer state and close the journal", core.close)
         sub = stage.subscriber([b"telemetry."])
@@ -289,6 +301,7 @@ def run(cfg: Config) -> int:
         health.conditions_from("core", core.conditions)
         health.expect("telemetry")
         metrics = EngineMetrics(health, cfg)
+        notifier = start_notifier(stage)
         state_seq = 0
         published: dict[str, tuple] = {}
         s = cfg.scorer
@@ -312,12 +325,14 @@ def run(cfg: Config) -> int:
                     counters["states_published"] += 1
                     health.sent("state")
             metrics.sync(core, states, time.monotonic())
+            notifier.states(states)
 
         def publish_decisions(decisions: list[Decision]) -> None:
             for decision in decisions:
                 pub.send(decision)
                 counters["decisions_published"] += 1
                 metrics.decided(decision)
+                notifier.decision(decision)
                 health.sent("decision")
             if decisions:
                 publish_states(force=False)

@@ -16,6 +16,8 @@ from typing import Annotated, BinaryIO, Iterable, Optional
 import msgspec
 import typer
 
+from runtime import cli
+
 from proto.config import config_or_exit
 from proto.messages import Telemetry
 from scorer.engine import Engine
@@ -139,6 +141,7 @@ def replay(
         Optional[list[str]],
         typer.Option("--set", help="Override a config key, e.g. scorer.confidence.steer_threshold=60 (repeatable)."),
     ] = None,
+    version: Annotated[bool, cli.version_option(annotated=True)] = False,
 ) -> None:
     """Run the scorer engine offline over TRACE and print the decisions it emits.
 
@@ -169,4 +172,6 @@ def replay(
 
 
 def main() -> None:
-    typer.run(replay)
+    app = cli.app()
+    app.command(cls=cli.Command)(replay)
+    app()

@@ -22,12 +22,14 @@ from typing import Optional
 
 import typer
 
+from runtime import cli
+
 from proto.config import config_or_exit, router_address
 from sim.router import Router
 from sim.scenario import ScenarioError, load_scenario, shipped_scenarios
 from sim.server import SimServer
 
-app = typer.Typer(add_completion=False)
+app = cli.app()
 
 
 def _resolve(scenario: str | None) -> str | None:
@@ -49,7 +51,7 @@ async def _serve(server: SimServer) -> None:
     await server.stop()
 
 
-@app.command()
+@app.command(cls=cli.Command)
 def run(
     config: Optional[str] = typer.Option(None, "--config",
                                          help="wanctl config: serve its router.port; exit 0 at once if it "
@@ -68,6 +70,7 @@ def run(
                                                 "still reporting the simulated RTT; for benchmarks)"),
     list_: bool = typer.Option(False, "--list", help="list the shipped scenarios and exit"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
+    version: bool = cli.version_option(),
 ) -> None:
     """Serve the RouterOS API of a simulated router whose WANs follow a scenario."""
     if list_:

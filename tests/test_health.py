@@ -204,10 +204,51 @@ def test_unknown_path_is_404(health):
 def test_port_in_use_and_non_loopback_are_clear_errors(health):
     with pytest.raises(OSError, match=rf"health endpoint of logger: cannot listen on 127.0.0.1:{health.port}"):
         Health("logger", port=health.port).start()
-    with pytest.raises(ValueError, match="must be a loopback address, got '0.0.0.0'"):
+    with pytest.raises(ValueError, match="must be a loopback address unless health.allow_remote is true, "
+                                         "got '0.0.0.0'"):
         Health("logger", host="0.0.0.0")
-    with pytest.raises(ConfigError, match="health.host: must be a loopback address"):
+    with pytest.raises(ConfigError, match="health.host: must be a loopback address .* unless health.allow_remote"):
         parse_config({"health": {"host": "192.0.2.1"}})
+
+
+def test_allow_remote_serves_on_any_address():
+    """``health.allow_remote: true`` lets the endpoint bind a wildcard (a Prometheus on another host scrapes it)."""
+    cfg = parse_config({"health": {"host": "0.0.0.0", "allow_remote": True, "scorer": free_port()}})
+    h = Health.from_config(cfg, "scorer").start()
+    try:
+        code, _, body = get(f"http://127.0.0.1:{h.port}/metrics")  # the wildcard answers on loopback too
+        assert code == 200 and b"wanctl_health_status" in body
+        assert h._server.socket.getsockname()[0] == "0.0.0.0"
+    finally:
+        h.stop()
+
+
+def test_telemetry_actuation_and_agreement_metrics():
+    from proto.messages import Actuation, Telemetry
+
+    h = Health("collector", port=None)
+    h.observe_telemetry(Telemetry(wan="wan1", seq=1, stream="s", t=1.0, wall=0.0, rtt_ms=40.0, baseline_rtt_ms=12.0,
+                                  drops_per_sec=3.5, queue_depth_pct=20.0, queue_delay_ms=18.0, loss_pct=None))
+    h.observe_actuation(Actuation(wan="wan1", seq=1, desired="DEGRADED", observed="DEGRADED", result="applied", error=None,
+                                  decision_seq=1))
+    h.observe_actuation(Actuation(wan="wan1", seq=2, desired="DEGRADED", observed="DEGRADED", result="already", error=None,
+                                  decision_seq=1))
+    for shadow_state in ("DEGRADED", "GOOD", "GOOD", "GOOD"):
+        h.observe_agreement("wan1", "GOOD", {"hysteresis": shadow_state})
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(generate_latest(h.registry).decode()) for s in f.samples}
+    wan = (("wan", "wan1"),)
+    assert samples[("wanctl_wan_baseline_rtt_ms", wan)] == 12.0
+    assert samples[("wanctl_wan_drops_per_second", wan)] == 3.5
+    assert samples[("wanctl_wan_queue_delay_ms", wan)] == 18.0
+    assert samples[("wanctl_wan_queue_depth_pct", wan)] == 20.0
+    assert samples[("wanctl_wan_loss_pct", wan)] != samples[("wanctl_wan_loss_pct", wan)]  # NaN: unknown
+    assert samples[("wanctl_actuations_total", (("result", "applied"), ("wan", "wan1")))] == 1
+    assert samples[("wanctl_actuations_total", (("result", "already"), ("wan", "wan1")))] == 1
+    key = (("policy", "hysteresis"), ("wan", "wan1"))
+    assert samples[("wanctl_policy_agreements_total", key)] / samples[("wanctl_policy_agreement_checks_total", key)] \
+        == 0.75
+    assert samples[("wanctl_policy_agrees", key)] == 1
 
 
 def test_config_port_zero_serves_nothing():
@@ -273,6 +314,7 @@ def test_alert_rules_use_only_metrics_the_stages_expose():
     h.metrics.flap_brake_activations.labels(wan="wan1").inc()
     h.metrics.fallback_decisions.labels(wan="wan1").inc()
     h.rejected("non_finite", "wan1")
+    h.metrics.actuations.labels(wan="wan1", result="failed").inc()
     exposed = {s.name for f in text_string_to_metric_families(generate_latest(h.registry).decode()) for s in f.samples}
     for name, rule in alerts.items():
         assert rule["labels"]["severity"] in {"warning", "critical"} and rule["annotations"]["summary"]

@@ -26,6 +26,7 @@ SHIPPED = {
     "runtime/share/alerts/wanctl.rules.yml": "alerts/wanctl.rules.yml",
     "runtime/share/deploy/wanctl.service": "deploy/wanctl.service",
     "runtime/share/deploy/logrotate.conf": "deploy/logrotate.conf",
+    "runtime/share/deploy/grafana-dashboard.json": "deploy/grafana-dashboard.json",
 }
 
 

@@ -8,7 +8,9 @@ deadline.  Every stage gets a free loopback health port from the harness.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+from pathlib import Path
 import urllib.error
 import urllib.request
 
@@ -189,6 +191,57 @@ def test_metrics_are_scraped_and_parsed_after_a_decision(pipeline):
     assert wan["policy"] == "confidence" and wan["state"] in ("GOOD", "DEGRADED") and wan["threshold"] >= 55
     assert {"degrade_remaining_s", "hold_down_remaining_s", "recovery_remaining_s", "flap_penalty",
             "flap_penalty_remaining_s", "fallbacks", "confidence"} <= set(wan)
+
+
+DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana-dashboard.json"
+PROMQL_WORDS = {"sum", "max", "min", "avg", "by", "without", "rate", "increase", "histogram_quantile", "le"}
+
+
+def dashboard_metrics() -> set[str]:
+    """Every series name the shipped Grafana dashboard's queries read."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    names = set()
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            expr = re.sub(r"\b(by|without)\s*\([^)]*\)|\{[^}]*\}|\[[^]]*\]|\"[^\"]*\"", " ", target["expr"])
+            names |= {word for word in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr)
+                      if word not in PROMQL_WORDS and not re.fullmatch(r"[0-9.]+", word)}
+    return names
+
+
+def test_every_dashboard_query_names_a_metric_the_stages_export(pipeline):
+    """The dashboard's queries read series the running stages really serve (a renamed metric fails here)."""
+    sup, endpoints = pipeline
+    wanted = dashboard_metrics()
+    assert {"wanctl_wan_baseline_rtt_ms", "wanctl_wan_queue_delay_ms", "wanctl_wan_drops_per_second",
+            "wanctl_wan_loss_pct", "wanctl_actuations_total", "wanctl_policy_agreements_total",
+            "wanctl_policy_agreement_checks_total"} <= wanted
+
+    def exported() -> set[str]:
+        """The series names every stage's /metrics serves or declares (a labelled metric nothing set yet
+        is declared by its family: counter ``x`` serves ``x_total``, histogram ``x`` serves ``x_bucket``)."""
+        names = set()
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+        for stage in HEALTH_STAGES:
+            code, body = get(f"{endpoints.base[stage]}/metrics")
+            assert code == 200
+            for family in text_string_to_metric_families(body.decode()):
+                names |= {s.name for s in family.samples}
+                names |= {family.name + suffix for suffix in suffixes.get(family.type, ())}
+        return names
+
+    missing = wait_for(lambda: not (wanted - exported()) or None, 40,
+                       lambda: f"series for {sorted(wanted - exported())}", interval=0.5)
+    assert missing
+
+    # The new series carry values from the real stages.
+    collector = endpoints.metrics("collector")
+    assert collector[("wanctl_wan_baseline_rtt_ms", (("wan", "wan1"),))] > 0
+    actuator = endpoints.metrics("actuator")
+    assert sum(v for (name, _), v in actuator.items() if name == "wanctl_actuations_total") >= 1
+    scorer = endpoints.metrics("scorer")
+    key = (("policy", "hysteresis"), ("wan", "wan1"))
+    assert 0 < scorer[("wanctl_policy_agreements_total", key)] <= scorer[("wanctl_policy_agreement_checks_total", key)]
 
 
 def test_stopping_the_collector_degrades_the_scorer_until_it_is_back(pipeline):
