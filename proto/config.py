@@ -106,11 +106,18 @@ class Quality(Section):
     window_s: Positive = 4.0  # the steering window: bad share over the last window_s
     steer_share_pct: Annotated[int, msgspec.Meta(ge=1, le=100)] = 60  # bad share that steers
     min_samples: Count = 4  # measured samples the window needs before it can steer
-    sustain_s: NonNegative = 2.0  # the oldest bad sample of the window is at least this old
+    sustain_s: NonNegative = 2.5  # the oldest bad sample of the window is at least this old
     delay_bad_ms: NonNegative = 45.0  # excess delay that makes a sample bad
     delay_good_ms: NonNegative = 40.0  # excess delay below which a sample is good
     queue_bad_ms: NonNegative = 45.0  # queue delay that makes a sample bad
     queue_good_ms: NonNegative = 40.0  # queue delay below which a sample is good
+    # The severe rule: less evidence when the delay is severe.
+    delay_severe_ms: NonNegative = 120.0  # excess delay that makes a sample severe
+    queue_severe_ms: NonNegative = 120.0  # queue delay that makes a sample severe
+    severe_window_s: Positive = 2.0  # the severe window: severe share of the last severe_window_s
+    severe_share_pct: Annotated[int, msgspec.Meta(ge=1, le=100)] = 60  # severe share that steers
+    severe_min_samples: Count = 3  # measured samples the severe window needs
+    severe_sustain_s: NonNegative = 1.0  # the oldest severe sample of that window is at least this old
     loss_bad_pct: Annotated[float, msgspec.Meta(gt=0, le=100)] = 50.0  # a poll losing this share of probes is lost
     hold_down_s: NonNegative = 20.0  # steered at least this long before recovery is judged
     recovery_window_s: Positive = 5.0  # the recovery window
@@ -382,6 +389,12 @@ def _cross_field_problems(cfg: Config) -> list[str]:
     if not q.queue_good_ms <= q.queue_bad_ms:
         problems.append(f"scorer.quality.queue_good_ms: must be at most queue_bad_ms ({q.queue_bad_ms}), "
                         f"got {q.queue_good_ms}")
+    if not q.delay_bad_ms <= q.delay_severe_ms:
+        problems.append(f"scorer.quality.delay_severe_ms: must be at least delay_bad_ms ({q.delay_bad_ms}), "
+                        f"got {q.delay_severe_ms}")
+    if not q.queue_bad_ms <= q.queue_severe_ms:
+        problems.append(f"scorer.quality.queue_severe_ms: must be at least queue_bad_ms ({q.queue_bad_ms}), "
+                        f"got {q.queue_severe_ms}")
     names = [w.name for w in cfg.wans]
     for i, wan in enumerate(cfg.wans):
         if wan.alternate is not None and (wan.alternate == wan.name or wan.alternate not in names):

@@ -270,8 +270,12 @@ class EngineMetrics:
                 health.clear("confidence_policy")
                 self._confidence_error_at = None
         s = self.cfg.scorer
-        health.set_details({"policy": s.policy, "shadow": s.shadow, "last_decision_seq": core.journal.last_seq,
-                            "next_seq": engine.next_seq, "accepted": engine.counters["accepted"]})
+        details = {"policy": s.policy, "shadow": s.shadow, "last_decision_seq": core.journal.last_seq,
+                   "next_seq": engine.next_seq, "accepted": engine.counters["accepted"]}
+        if engine.quality_running:
+            # The quality policy's hold in force per WAN (docs/scoring.md rule 8): None, or why it does not steer.
+            details["quality_holds"] = {wan: w.quality.hold for wan, w in engine.wans.items()}
+        health.set_details(details)
 
 
 def policy_states(engine: Engine, wan: str, policies: list[str]) -> dict[str, str]:

@@ -2,9 +2,11 @@
 
 Per sample: the excess delay over a baseline that cannot rise while the path
 is congested, the queue as time, probe loss and the autorate zone make the
-sample *bad*, *good* or neither.  The policy steers when the bad share of the
-last ``window_s`` holds (so one good sample does not reset it, one spike never
-steers), recovers after its hold-down when the good share of the last
+sample *bad*, *good* or neither; a bad sample may also be *severe*.  The
+policy steers on a bad sample when the bad share of the last ``window_s`` holds
+for ``sustain_s`` (so one good sample does not reset it, one spike never
+steers), or sooner when the severe share of the last ``severe_window_s`` holds
+(the worse the delay, the less evidence it waits for), recovers after its hold-down when the good share of the last
 ``recovery_window_s`` is high, caps ENABLEs per hour, and never steers onto an
 alternate WAN that is worse, down or unmeasured (steering back when that
 happens while steered).
@@ -24,6 +26,7 @@ QUALITY = "quality"
 BAD = 1
 GOOD_SAMPLE = 2
 LOST = 4
+SEVERE = 8
 
 _ZONE_BAD = frozenset(("RED", "SOFT_RED"))
 
@@ -99,7 +102,7 @@ class QualityState(msgspec.Struct):
     """The quality policy of one WAN; also its persisted form.
 
     The window holds the measured samples of the last
-    ``max(window_s, recovery_window_s)``: their ``t``, flags (BAD, GOOD, LOST),
+    ``max(window_s, recovery_window_s, severe_window_s)``: their ``t``, flags (BAD, GOOD, LOST, SEVERE),
     excess delay and absolute RTT (-1.0 when the sample has none).
     """
 
@@ -188,6 +191,8 @@ def classify(q: Quality, st: QualityState, s: Telemetry) -> tuple[int | None, fl
     flags = 0
     if bad:
         flags |= BAD
+        if (d is not None and d >= q.delay_severe_ms) or (qd is not None and qd >= q.queue_severe_ms):
+            flags |= SEVERE
     elif not zone and (d is None or d < q.delay_good_ms) and (qd is None or qd < q.queue_good_ms):
         flags |= GOOD_SAMPLE
     if lost:
@@ -207,7 +212,7 @@ def step(
     ``(stream, median RTT, lost %, last measured t)`` of the alternate's summary.
     """
     t = s.t
-    keep = q.window_s if q.window_s > q.recovery_window_s else q.recovery_window_s
+    keep = kept_s(q)
     wt, wf, wd, wr = st.win_t, st.win_flag, st.win_delay, st.win_rtt
     cutoff = t - keep + TOL
     if wt and wt[0] <= cutoff:
@@ -253,14 +258,36 @@ def step(
     sustained = 0.0
     hold = None
     good_share = None
+    severe_share = None
     if st.state == GOOD:
-        if n >= q.min_samples and n_bad * 100 >= q.steer_share_pct * n and t - oldest_bad >= q.sustain_s - TOL:
+        # Rule 5: only a bad sample steers; the moderate rule first, then the severe one.
+        wants = flags & BAD and n >= q.min_samples and n_bad * 100 >= q.steer_share_pct * n \
+            and t - oldest_bad >= q.sustain_s - TOL
+        since = oldest_bad
+        if flags & BAD and not wants:
+            scut = t - q.severe_window_s + TOL
+            ns = n_sev = 0
+            oldest_sev = None
+            for x, f in zip(wt, wf):
+                if x <= scut:
+                    continue
+                ns += 1
+                if f & SEVERE:
+                    n_sev += 1
+                    if oldest_sev is None:
+                        oldest_sev = x
+            if ns >= q.severe_min_samples and n_sev and n_sev * 100 >= q.severe_share_pct * ns \
+                    and t - oldest_sev >= q.severe_sustain_s - TOL:
+                wants = True
+                since = oldest_sev
+                severe_share = n_sev * 100 // ns
+        if wants:
             hold = harm(q, alternate, _window_rtt(wt, wr, cutoff), n_lost * 100.0 / n, t)
             if hold is None and capped:
                 hold = FLAP_HOLD
             if hold is None:
                 decision = DEGRADED
-                sustained = t - oldest_bad
+                sustained = t - since
     else:
         hold = harm(q, alternate, _window_rtt(wt, wr, cutoff), n_lost * 100.0 / n if n else 0.0, t)
         if hold is not None:
@@ -288,6 +315,8 @@ def step(
         return None
     st.enter(q, decision, t)
     why = [f"bad_share={score}%"]
+    if severe_share is not None:
+        why.append(f"severe_share={severe_share}%")
     p50 = median([dd for x, dd in zip(wt, wd) if x > cutoff and dd >= 0.0])
     if p50 is not None:
         why.append(f"delay_p50={p50:.1f}ms")
@@ -305,7 +334,15 @@ def step(
         why.append(f"good_share={good_share}%")
     if hold is not None:
         why.append(hold)
+    if severe_share is not None:
+        # The severe rule decided: its share and its line are the decision's.
+        return Verdict(decision, severe_share, q.severe_share_pct, capped, why, sustained)
     return Verdict(decision, score, threshold, capped, why, sustained)
+
+
+def kept_s(q: Quality) -> float:
+    """How long the window keeps a measured sample: the longest of the three windows."""
+    return max(q.window_s, q.recovery_window_s, q.severe_window_s)
 
 
 def _window_rtt(wt: list[float], wr: list[float], cutoff: float) -> float | None:

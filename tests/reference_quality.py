@@ -126,7 +126,7 @@ class ReferenceQuality:
         if self.alternates:
             self._summary_add(w, s)
         # Rule 2: prune, drift guard.
-        keep = max(q.window_s, q.recovery_window_s)
+        keep = max(q.window_s, q.recovery_window_s, q.severe_window_s)
         w["window"] = [e for e in w["window"] if e["t"] > t - keep + TOL]
         congested = w["state"] == "DEGRADED" or any(e["bad"] for e in w["window"])
         if s.baseline_rtt_ms is not None:
@@ -147,8 +147,9 @@ class ReferenceQuality:
                    or (zone and ((d is not None and d >= q.delay_good_ms) or (qd is not None and qd >= q.queue_good_ms))))
             good = (not bad and not zone and (d is None or d < q.delay_good_ms)
                     and (qd is None or qd < q.queue_good_ms))
+            severe = bad and ((d is not None and d >= q.delay_severe_ms) or (qd is not None and qd >= q.queue_severe_ms))
             rtt = s.rtt_ms if (st == "ok" and s.rtt_ms is not None) else None
-            w["window"].append({"t": t, "bad": bad, "good": good, "lost": lost, "d": d, "rtt": rtt})
+            w["window"].append({"t": t, "bad": bad, "good": good, "lost": lost, "severe": severe, "d": d, "rtt": rtt})
         else:
             return []  # unmeasured: nothing more happens on this sample
         # Rule 4: the score over the steering window.
@@ -177,14 +178,28 @@ class ReferenceQuality:
         prim_rtt = median([e["rtt"] for e in win if e["rtt"] is not None])
         prim_loss = 100.0 * n_lost / n if n else 0.0
         decision, sustained, hold = None, 0.0, None
+        severe_share = None
         if w["state"] == "GOOD":
+            current_bad = w["window"][-1]["bad"]
             oldest_bad = min((e["t"] for e in win if e["bad"]), default=None)
-            if n >= q.min_samples and 100 * n_bad >= q.steer_share_pct * n and t - oldest_bad >= q.sustain_s - TOL:
+            moderate = (current_bad and n >= q.min_samples and 100 * n_bad >= q.steer_share_pct * n
+                        and t - oldest_bad >= q.sustain_s - TOL)
+            sev_win = [e for e in w["window"] if e["t"] > t - q.severe_window_s + TOL]
+            sev = [e for e in sev_win if e["severe"]]
+            severe = (current_bad and not moderate and len(sev_win) >= q.severe_min_samples and len(sev) > 0
+                      and 100 * len(sev) >= q.severe_share_pct * len(sev_win)
+                      and t - sev[0]["t"] >= q.severe_sustain_s - TOL)
+            if moderate or severe:
                 hold = self._harm(s, w, prim_rtt, prim_loss)
                 if hold is None and capped:
                     hold = "flap_hold"
                 if hold is None:
-                    decision, sustained = "DEGRADED", t - oldest_bad
+                    if moderate:
+                        decision, sustained = "DEGRADED", t - oldest_bad
+                    else:
+                        decision, sustained = "DEGRADED", t - sev[0]["t"]
+                        severe_share = (100 * len(sev)) // len(sev_win)
+                        why.insert(1, f"severe_share={severe_share}%")
         else:
             hold = self._harm(s, w, prim_rtt, prim_loss)
             if hold is not None:
@@ -214,5 +229,7 @@ class ReferenceQuality:
         return [dict(seq=self.seq, wan=s.wan, t=t, wall=s.wall, telemetry_seq=s.seq, policy="quality",
                      driving=True, fallback=False,
                      decision="ENABLE_STEERING" if decision == "DEGRADED" else "DISABLE_STEERING",
-                     state=decision, confidence=score, threshold=threshold, flap_penalty=capped,
+                     state=decision,
+                     confidence=score if severe_share is None else severe_share,
+                     threshold=threshold if severe_share is None else q.severe_share_pct, flap_penalty=capped,
                      contributors=why, sustained_s=sustained)]

@@ -73,6 +73,11 @@ def test_empty_config_is_valid_and_has_the_seed_defaults():
     ({"scorer": {"quality": {"delay_good_ms": 50.0}}},
      "scorer.quality.delay_good_ms: must be at most delay_bad_ms (45.0), got 50.0"),
     ({"scorer": {"quality": {"steer_share_pct": 0}}}, "scorer.quality.steer_share_pct: must be >= 1, got 0"),
+    ({"scorer": {"quality": {"delay_severe_ms": 40.0}}},
+     "scorer.quality.delay_severe_ms: must be at least delay_bad_ms (45.0), got 40.0"),
+    ({"scorer": {"quality": {"queue_severe_ms": 44.0}}},
+     "scorer.quality.queue_severe_ms: must be at least queue_bad_ms (45.0), got 44.0"),
+    ({"scorer": {"quality": {"severe_min_samples": 0}}}, "scorer.quality.severe_min_samples: must be >= 1, got 0"),
     ({"wans": [{"name": "wan1", "queue": "q", "alternate": "wan9"}]},
      "wans[0].alternate: must name another configured WAN, got 'wan9'"),
 ])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -35,7 +36,13 @@ quality_configs = st.fixed_dictionaries({
     "window_s": st.sampled_from([2.0, 4.0, 6.0]),
     "steer_share_pct": st.sampled_from([50, 60, 100]),
     "min_samples": st.integers(1, 5),
-    "sustain_s": st.sampled_from([0.0, 1.0, 2.0]),
+    "sustain_s": st.sampled_from([0.0, 1.0, 2.5]),
+    "delay_severe_ms": st.sampled_from([45.0, 120.0, 120.0, 380.0]),  # 140 and 400 at base 20: on the lines
+    "queue_severe_ms": st.sampled_from([45.0, 90.0, 120.0]),
+    "severe_window_s": st.sampled_from([1.0, 2.0, 6.0]),
+    "severe_share_pct": st.sampled_from([50, 60, 100]),
+    "severe_min_samples": st.integers(1, 4),
+    "severe_sustain_s": st.sampled_from([0.0, 1.0]),
     "hold_down_s": st.sampled_from([0.0, 2.0, 20.0]),
     "recovery_window_s": st.sampled_from([1.0, 5.0]),
     "recovery_share_pct": st.sampled_from([50, 80, 100]),
@@ -115,6 +122,47 @@ def test_a_single_spike_never_steers(dt, at, spike):
     feed = Feed()
     samples = feed.run(at, dt, **IDLE) + feed.run(1, dt, **{**IDLE, **spike}) + feed.run(60, dt, **IDLE)
     assert decide(engine, samples) == []
+
+
+@given(st.sampled_from([0.2, 0.5, 1.0]), st.integers(5, 60), st.floats(0.0, 2.0),
+       st.lists(st.floats(45.0, 119.9), min_size=1, max_size=11))
+@settings(max_examples=80, deadline=None)
+def test_a_moderate_burst_of_up_to_2_s_never_steers(dt, at, span, excess):
+    """A burst under the severe line whose first and last bad samples are at most 2 s apart
+    (the well-managed cable recording's +48-102 ms bursts) is ridden out, at any cadence."""
+    n = int(span / dt + 1e-9) + 1
+    engine = engine_for(config())
+    feed = Feed()
+    before = feed.run(at, dt, **IDLE)
+    burst = feed.run(n, dt, **IDLE)
+    for i, s in enumerate(burst):
+        burst[i] = msgspec.structs.replace(s, rtt_ms=20.0 + excess[i % len(excess)])
+    after = feed.run(40, dt, **IDLE)
+    assert burst[-1].t - burst[0].t <= 2.0 + 1e-6
+    assert decide(engine, before + burst + after) == []
+
+
+@pytest.mark.parametrize("dt", [0.2, 0.5])
+def test_severe_delay_steers_after_about_a_second(dt):
+    """+130 ms of excess delay steers by the severe rule once its oldest severe sample is 1 s old
+    (at a cadence that puts at least 3 samples in its 2 s window)."""
+    engine = engine_for(config())
+    feed = Feed()
+    decide(engine, feed.run(20, dt, **IDLE))
+    start = feed.t
+    (d,) = decide(engine, feed.run(20, dt, **{**IDLE, "rtt_ms": 150.0}))
+    assert d.decision == "ENABLE_STEERING" and d.t - start == pytest.approx(1.0)
+    assert d.contributors[1].startswith("severe_share=") and d.confidence >= d.threshold == 60
+    assert d.sustained_s == pytest.approx(1.0)
+
+
+def test_moderate_delay_steers_after_the_sustain():
+    engine = engine_for(config())
+    feed = Feed()
+    decide(engine, feed.run(20, 0.5, **IDLE))
+    start = feed.t
+    (d,) = decide(engine, feed.run(20, 0.5, **{**IDLE, "rtt_ms": 100.0}))
+    assert d.t - start == pytest.approx(2.5) and not any(c.startswith("severe_share=") for c in d.contributors)
 
 
 @given(st.lists(st.tuples(st.booleans(), st.integers(1, 40), st.sampled_from([0.2, 0.5, 1.0])),
@@ -293,7 +341,8 @@ def test_a_failing_quality_policy_falls_back_to_hysteresis_for_the_driving_state
 def test_shadow_order_is_driving_then_quality_confidence_hysteresis():
     cfg = parse_config({"scorer": {"policy": "hysteresis", "shadow": True,
                                    "hysteresis": {"red_samples_required": 5},
-                                   "confidence": {"sustain_s": 2.0}, "quality": {"sustain_s": 2.0}}})
+                                   "confidence": {"sustain_s": 2.0},
+                                   "quality": {"sustain_s": 2.0, "delay_severe_ms": 1000.0}}})
     engine = Engine(cfg.scorer)
     feed = Feed()
     decide(engine, feed.run(10, 0.5, **IDLE))

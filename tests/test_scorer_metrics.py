@@ -113,3 +113,26 @@ def test_a_taken_health_port_is_logged_and_the_stage_runs_on(caplog):
         assert noop.snapshot()["stage"] == "actuator-noop" and noop.url is None
     finally:
         taken.stop()
+
+
+def test_the_quality_hold_per_wan_is_in_the_health_details(directory):
+    """Do no harm (docs/scoring.md rule 8): a hold shows per WAN in /health's details."""
+    cfg = load(write_config(directory, {
+        "scorer": {"policy": "quality", "shadow": False},
+        "wans": [{"name": "wan1", "queue": "q-wan1", "alternate": "wan2"}, {"name": "wan2", "queue": "q-wan2"}]}))
+    core = ScorerCore(cfg, epoch=1)
+    health = Health("scorer", port=None)
+    metrics = EngineMetrics(health, core.cfg)
+    seq = 0
+    for i in range(20):  # wan1 congested, wan2 never measured: steering onto it is held
+        seq += 1
+        feed(core, metrics, congested if i >= 4 else idle, seq, 0.5 * i)
+    holds = health.snapshot()["details"]["quality_holds"]
+    assert holds == {"wan1": "alternate_stale"}
+    for i in range(20, 30):  # wan2 answers, idle: the hold ends (and wan1 steers)
+        seq += 2
+        feed(core, metrics, lambda s, t: idle(s, t, wan="wan2"), seq - 1, 0.5 * i + 0.1)
+        feed(core, metrics, congested, seq, 0.5 * i)
+    assert health.snapshot()["details"]["quality_holds"] == {"wan1": None, "wan2": None}
+    assert core.engine.desired("wan1") == "DEGRADED"
+    core.close()
