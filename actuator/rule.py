@@ -43,26 +43,11 @@ import time
 from dataclasses import dataclass
 
 from routeros.link import Backoff, RouterLink, RouterTrap, RouterUnreachable, clip
+from routeros.names import ADDRESS_LIST, MANGLE, lease_list, routeros_time
 from proto.config import Config, Wan
 from proto.messages import DEGRADED, GOOD, Actuation
 
 log = logging.getLogger("wanctl.actuator")
-
-MANGLE = "/ip/firewall/mangle"
-ADDRESS_LIST = "/ip/firewall/address-list"
-
-
-def lease_list(wan: str) -> str:
-    """The address list a WAN's steering rule requires (``src-address-list=``)."""
-    return f"wanctl-lease-{wan}"
-
-
-def routeros_time(seconds: float) -> str:
-    """A RouterOS time value: ``60s``, ``2s500ms``."""
-    ms = max(1, round(seconds * 1000))
-    whole, rest = divmod(ms, 1000)
-    return (f"{whole}s" if whole else "") + (f"{rest}ms" if rest else "")
-
 
 class RuleError(Exception):
     """The WAN's rule cannot be identified or did not take the new state."""

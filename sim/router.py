@@ -210,7 +210,7 @@ class Router:
     a fake clock they advance by hand so that counters are exact.
     """
 
-    def __init__(self, scenario: Scenario, *, clock=time.monotonic, seed: int | None = None):
+    def __init__(self, scenario: Scenario, *, clock=time.monotonic, seed: int | None = None, bare: bool = False):
         self.scenario = scenario
         self.clock = clock
         self.started = clock()
@@ -225,6 +225,9 @@ class Router:
         self.writes: list[tuple[str, dict[str, str]]] = []
         self.commands = 0
         self.lost_targets: set[str] = set()  # ping addresses whose probes are all lost
+        # bare: only the queues, as a router before ``wanctl-routeros-setup``'s script (no routing
+        # tables but main, no routes, no mangle rules).
+        self.bare = bare
         self._build()
 
     # --- ids and items -------------------------------------------------------
@@ -257,6 +260,8 @@ class Router:
             "burst-threshold": "0", "burst-time": "0s", "bucket-size": "0.1", "invalid": "false",
             "disabled": "false"})
         self._add("/routing/table", {"name": "main", "fib": "true", "dynamic": "true", "disabled": "false"})
+        if self.bare:
+            return
         for wan in wans:
             if wan.routing_table != "main" and not any(t["name"] == wan.routing_table
                                                        for t in self.items("/routing/table")):
@@ -569,7 +574,8 @@ class Router:
             if not chosen:
                 raise Trap("input does not match any value of interface", category=1)
         elif "routing-table" in attrs:
-            chosen = [w for w in wans if w.routing_table == attrs["routing-table"]]
+            tables = {t["name"] for t in self.items("/routing/table") if t.get("disabled") != "true"}
+            chosen = [w for w in wans if w.routing_table == attrs["routing-table"] and w.routing_table in tables]
             if not chosen:
                 raise Trap("input does not match any value of routing-table", category=1)
         else:
