@@ -20,8 +20,9 @@ sentences (``api_words``) against the simulator in the tests.  What it sets up:
   ``wanctl-lease-<wan>`` while it steers; nothing static is created for it
   (a static entry would never expire);
 - an API group with the policies ``read,write,api,test`` and nothing else
-  (``test`` is what ``/ping`` needs), the ``router.username`` user in it,
-  allowed only from the wanctl host;
+  (``test`` is what ``/ping`` needs), the ``router.username`` user in it
+  (``wanctl`` when the config says ``admin``: the administrator is never
+  moved into that group), allowed only from the wanctl host;
 - ``/ip service``: ``api-ssl`` with a certificate placeholder, restricted to
   the wanctl host; plain ``api`` disabled (with ``router.tls: true``) or
   restricted to the wanctl host.
@@ -146,10 +147,14 @@ def setup_commands(cfg: Config, wanctl_host: str | None = None) -> list[SetupCom
     out.append(SetupCommand("/user group", "add", {
         "name": API_GROUP, "policy": "read,write,api,test", "comment": "wanctl: API only; test is for /ping"},
         comment_lines=["The API account: read (queues, rules), write (the rules and the lease), api, test (/ping)."]))
+    user = cfg.router.username
+    user_notes = ["Give wanctl the same password (router.password_env or router.password_file)."]
+    if user == "admin":  # never demote the router's own administrator into the API-only group
+        user = "wanctl"
+        user_notes.append("Your config logs in as admin: set router.username: wanctl to use this account.")
     out.append(SetupCommand("/user", "add", {
-        "name": cfg.router.username, "group": API_GROUP, "address": host,
-        "password": placeholder("password"), "comment": "wanctl"},
-        comment_lines=["Give wanctl the same password (router.password_env or router.password_file)."]))
+        "name": user, "group": API_GROUP, "address": host,
+        "password": placeholder("password"), "comment": "wanctl"}, comment_lines=user_notes))
     out.append(SetupCommand("/ip service", "set", {
         "address": host, "certificate": placeholder("certificate-name"), "disabled": "no"}, target="api-ssl",
         comment_lines=["The API over TLS (8729), from the wanctl host only.  Import or create a certificate first",
