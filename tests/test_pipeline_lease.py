@@ -8,11 +8,14 @@ congested after a short idle start, so the scorer then wants steering on through
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.error
+import urllib.request
 
 from sim.scenario import quiet_scenario
 from sim.testing import SimRouter
-from tests.supervisor_harness import Stage, fast_scorer, short_tmp, stop_all, wait_for, write_config
+from tests.supervisor_harness import Stage, fast_scorer, load, short_tmp, stop_all, wait_for, write_config
 
 RULE = "wanctl-steer-wan1"
 LEASE_S = 2.0
@@ -47,6 +50,31 @@ def test_a_clean_stop_releases_and_killing_every_stage_ends_steering_within_the_
         wait_for(lambda: router.steering_active(RULE), 40, lambda: f"steering on with its lease\n{logs()}")
         [entry] = router.address_list("wanctl-lease-wan1")
         assert entry["timeout"] in ("1s", "2s"), entry
+
+        # The actuator's health says each WAN's mode; an unreachable router makes it degraded, not ok.
+        port = load(config).health.actuator
+
+        def health() -> dict:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as answer:
+                    return json.loads(answer.read())
+            except urllib.error.HTTPError as error:  # 503 while not ok: the document comes all the same
+                with error:
+                    return json.loads(error.read())
+            except OSError as error:
+                return {"status": "unreadable", "error": str(error)}
+
+        doc = wait_for(lambda: (lambda d: d if d.get("details", {}).get("modes") else None)(health()), 10,
+                       "the actuator's health details")
+        assert doc["details"]["modes"] == {"wan1": "live"} and doc["counters"]["wans_live"] == 1, doc
+        router.refuse_connections(True)
+        router.drop_sessions()
+        doc = wait_for(lambda: (lambda d: d if d["status"] == "degraded" else None)(health()), 10,
+                       lambda: f"the actuator degraded while the router is away: {health()}")
+        assert "router" in doc["reasons"], doc
+        router.refuse_connections(False)
+        wait_for(lambda: health()["status"] == "ok" and router.steering_active(RULE), 20,
+                 lambda: f"the actuator ok and steering again: {health()}")
 
         # A clean stop (SIGTERM, as supervisorctl stop) disables the rule before the actuator exits.
         actuator.stop()
