@@ -5,6 +5,13 @@ once a second) is handed to the core's ``want``; the core converges the rule,
 re-asserts after a restart or a manual change, and reports ``actuation.<wan>``.
 Both commands take the lock ``<bus.run_dir>/actuator.lock``: the live and the
 no-op actuator never run at the same time.
+
+Health: degraded while the router cannot be reached; failing while a live
+WAN's rule cannot be driven (degraded for a WAN in dry run).  The details say
+each WAN's mode (``modes``: ``live`` or ``dry_run``), the heartbeat counts
+them (``wans_live``, ``wans_dry_run``).  On a clean stop with
+``actuator.on_stop: release`` every live WAN's rule is disabled before exit,
+within ``actuator.release_timeout_s``.
 """
 
 from __future__ import annotations
@@ -32,9 +39,12 @@ class ActuatorHealth:
         self.last: dict[str, Actuation] = {}
 
     def details(self) -> dict:
-        return {"dry_run": self.dry_run, "router": self.actuator.link.where, "rules": {
-            wan: {"desired": a.desired, "observed": a.observed, "result": a.result, "error": a.error,
-                  "decision_seq": a.decision_seq} for wan, a in self.last.items()}}
+        modes = self.actuator.modes()
+        return {"dry_run": self.dry_run or all(m == "dry_run" for m in modes.values()), "modes": modes, "router": self.actuator.link.where,
+                "router_connected": self.actuator.link.connected,
+                "on_stop": self.actuator.cfg.actuator.on_stop, "lease_s": self.actuator.lease_s, "rules": {
+                    wan: {"mode": modes.get(wan), "desired": a.desired, "observed": a.observed, "result": a.result,
+                          "error": a.error, "decision_seq": a.decision_seq} for wan, a in self.last.items()}}
 
 
 def run(cfg: Config, password: str | None, *, dry_run: bool, stage: str) -> int:
@@ -51,8 +61,11 @@ def run(cfg: Config, password: str | None, *, dry_run: bool, stage: str) -> int:
         counters = {"states_seen": 0, "states_unknown_wan": 0, "actuations_published": 0}
         rt.count_from("actuator", lambda: actuator.counters)
         rt.count_from("shell", counters)
-        # In a dry run a rule that cannot be read is degraded; live, a rule that cannot be driven is failing.
-        health.conditions_from("rules", actuator.conditions, DEGRADED if dry_run else FAILING)
+        # An unreachable router is degraded (the router's lease and the last state hold meanwhile); a
+        # live rule that cannot be driven is failing, a dry-run one that cannot be read degraded.
+        health.conditions_from("router", actuator.link.conditions, DEGRADED)
+        health.conditions_from("rules", lambda: actuator.rule_conditions(dry_run=False), FAILING)
+        health.conditions_from("dry_run_rules", lambda: actuator.rule_conditions(dry_run=True), DEGRADED)
         health.expect("state")  # the scorer re-publishes every WAN's state at least once a second
         actuator.link.observer = health.router_request
         while not rt.stopping:
@@ -80,6 +93,8 @@ def run(cfg: Config, password: str | None, *, dry_run: bool, stage: str) -> int:
                 health.sync_reconnects("router", actuator.counters["reconnects"])
                 health.set_details(view.details())
                 rt.heartbeat(now)
+        if cfg.actuator.on_stop == "release":
+            actuator.release(time.monotonic() + cfg.actuator.release_timeout_s)
     log.info("%s stopped", stage)
     return 0
 
@@ -88,10 +103,10 @@ def _entry(noop: bool) -> None:
     stage = "actuator-noop" if noop else "actuator"
 
     def start(cfg: Config) -> int:
-        dry_run = noop or cfg.actuator.dry_run
-        if dry_run:
-            log.info("dry run: the mangle rules are read, never written")
-        return run(cfg, router_password(cfg), dry_run=dry_run, stage=stage)
+        dry = [w.name for w in cfg.wans if noop or (cfg.actuator.dry_run if w.dry_run is None else w.dry_run)]
+        if dry:
+            log.info("dry run for %s: their mangle rules are read, never written", ", ".join(dry))
+        return run(cfg, router_password(cfg), dry_run=noop, stage=stage)
 
     summary = ("Dry run: follow the scorer's desired state for each WAN, read its mangle rule and publish "
                "dry_run actuations, never writing to the router (takes the actuator's lock: never runs beside "

@@ -21,8 +21,17 @@ due and returns one ``Actuation`` per thing it did:
 
 The rule is looked up by comment on every apply and check, so ids are always
 current after a reconnect or a reboot; a ``no such item`` between the lookup
-and the ``set`` makes it look up again.  With ``dry_run`` the router is only
-read: every result is ``dry_run`` with the state read back in ``observed``.
+and the ``set`` makes it look up again.  A WAN in dry run (the no-op actuator,
+``actuator.dry_run``, or its own ``wans[].dry_run``) is only read: every result
+is ``dry_run`` with the state read back in ``observed``.
+
+The lease (``actuator.lease_s`` > 0): while a live WAN's desired state is
+``DEGRADED``, its address-list entry ``wanctl-lease-<wan>`` is renewed (set
+``timeout=`` again, or added when missing) before the rule is enabled and then
+every ``lease_s / 3``; the steering rule requires that list, so a router no
+actuator talks to stops steering new connections within ``lease_s``.
+``release(deadline)`` disables every live WAN's rule (a clean stop with
+``actuator.on_stop: release``).
 """
 
 from __future__ import annotations
@@ -34,13 +43,11 @@ import time
 from dataclasses import dataclass
 
 from routeros.link import Backoff, RouterLink, RouterTrap, RouterUnreachable, clip
+from routeros.names import ADDRESS_LIST, MANGLE, lease_list, routeros_time
 from proto.config import Config, Wan
 from proto.messages import DEGRADED, GOOD, Actuation
 
 log = logging.getLogger("wanctl.actuator")
-
-MANGLE = "/ip/firewall/mangle"
-
 
 class RuleError(Exception):
     """The WAN's rule cannot be identified or did not take the new state."""
@@ -56,6 +63,7 @@ class RuleDrive:
 
     wan: Wan
     backoff: Backoff
+    dry_run: bool = False  # this WAN's rule is only read
     desired: str | None = None
     decision_seq: int = 0
     pending: bool = False  # the desire is not yet confirmed on the router
@@ -67,28 +75,43 @@ class RuleDrive:
     rounds: int = 0  # set + read-back rounds of the pending desire so far
     renumbered: int = 0  # "no such item" answers to a set in a row
     failure: str | None = None  # the current failure, logged once when it starts
+    lease_due: float = math.inf  # when to renew the lease (live and steering only)
+    lease_failure: str | None = None  # the current lease failure, logged once when it starts
 
 
 class Actuator:
     def __init__(self, cfg: Config, password: str | None, *, epoch: int, dry_run: bool, clock=time.monotonic):
         self.cfg = cfg
         self.epoch = epoch
-        self.dry_run = dry_run
+        self.dry_run = dry_run  # the no-op actuator: every WAN in dry run, whatever the config says
         self.clock = clock
         self.seq = 0
         self.link = RouterLink(cfg, password, clock=clock, role="actuator-noop" if dry_run else "actuator")
         r = cfg.router
-        self.wans = {w.name: RuleDrive(wan=w, backoff=Backoff(r.backoff_initial_s, r.backoff_max_s))
+        self.wans = {w.name: RuleDrive(wan=w, backoff=Backoff(r.backoff_initial_s, r.backoff_max_s),
+                                       dry_run=dry_run or (cfg.actuator.dry_run if w.dry_run is None else w.dry_run))
                      for w in cfg.wans}
+        self.lease_s = cfg.actuator.lease_s
         self._generation = 0
         self._counters = {"wants": 0, "changes": 0, "applied": 0, "already": 0, "dry_run": 0, "failed": 0,
                           "writes": 0, "verify_retries": 0, "drift": 0, "rule_missing": 0, "rule_duplicate": 0,
-                          "rule_id_changes": 0, "rule_foreign": 0, "unknown_wan": 0, "invalid_desired": 0, "internal_errors": 0}
+                          "rule_id_changes": 0, "rule_foreign": 0, "unknown_wan": 0, "invalid_desired": 0, "internal_errors": 0,
+                          "lease_renewals": 0, "lease_adds": 0, "lease_failures": 0, "released": 0,
+                          "release_failures": 0}
 
     @property
     def counters(self) -> dict[str, int]:
         link = self.link.counters
-        return {**self._counters, "reconnects": max(0, link["connects"] - 1), **link}
+        live = sum(1 for d in self.wans.values() if not d.dry_run)
+        return {**self._counters, "reconnects": max(0, link["connects"] - 1), **link,
+                "wans_live": live, "wans_dry_run": len(self.wans) - live}
+
+    def modes(self) -> dict[str, str]:
+        """Each WAN's mode: ``live`` (its rule is written) or ``dry_run`` (only read)."""
+        return {name: "dry_run" if d.dry_run else "live" for name, d in self.wans.items()}
+
+    def _leasing(self, drive: RuleDrive) -> bool:
+        return self.lease_s > 0 and not drive.dry_run and drive.desired == DEGRADED and bool(drive.wan.rule_comment)
 
     # --- input -------------------------------------------------------------------
 
@@ -113,9 +136,12 @@ class Actuator:
         drive.due = self.clock()
         drive.rounds = 0
         drive.backoff.reset()
+        if desired != DEGRADED:
+            drive.lease_due = math.inf  # left to expire: the rule is being disabled anyway
 
     def next_due(self) -> float:
         times = [d.due if d.pending else d.next_check for d in self.wans.values() if d.desired is not None]
+        times += [d.lease_due for d in self.wans.values() if self._leasing(d)]
         return min(times, default=self.clock() + self.cfg.actuator.drift_check_s)
 
     # --- doing -------------------------------------------------------------------
@@ -135,6 +161,8 @@ class Actuator:
                     result = self._check(drive, now)
                 if result is not None:
                     results.append(result)
+                if self._leasing(drive) and not drive.pending and now >= drive.lease_due:
+                    self._keep_lease(drive, now)
             except Exception:
                 self._counters["internal_errors"] += 1
                 log.exception("%s: actuator step failed", drive.wan.name)
@@ -148,12 +176,96 @@ class Actuator:
         return results
 
     def conditions(self) -> dict[str, str]:
-        """Failing conditions -> reason: the router link, and every WAN whose rule cannot be driven."""
-        out = dict(self.link.conditions())
+        """Every condition -> reason: the router link (unreachable), and every WAN whose rule or lease
+        cannot be driven for another reason (``rule_conditions``)."""
+        return {**self.link.conditions(), **self.rule_conditions(dry_run=False), **self.rule_conditions(dry_run=True)}
+
+    def rule_conditions(self, dry_run: bool) -> dict[str, str]:
+        """Every WAN (live ones, or those in dry run) whose rule or lease cannot be driven, for a reason
+        other than an unreachable router."""
+        out = {}
+        unreachable = bool(self.link.conditions())
         for drive in self.wans.values():
-            if drive.failure is not None:
+            if drive.dry_run != dry_run:
+                continue
+            if drive.failure is not None and not (unreachable and drive.observed is None):
                 out[f"{drive.wan.name}_rule"] = drive.failure
+            if drive.lease_failure is not None and not unreachable:
+                out[f"{drive.wan.name}_lease"] = drive.lease_failure
         return out
+
+    # --- the lease and the release ------------------------------------------------
+
+    def _keep_lease(self, drive: RuleDrive, now: float) -> None:
+        """Renew the WAN's lease; on failure try again soon (the entry outlives a few failures)."""
+        try:
+            self._connect(now)
+            self._renew_lease(drive, now)
+        except RouterUnreachable:
+            drive.lease_due = max(self.link.next_attempt, now + self.link.backoff.initial)
+        except RouterTrap as error:
+            self._counters["lease_failures"] += 1
+            text = (f"{drive.wan.name}: router refused the lease {lease_list(drive.wan.name)!r} in {ADDRESS_LIST}: "
+                    f"{clip(error)}; steering stops when the entry expires")
+            if text != drive.lease_failure:
+                log.error("%s", text)
+            drive.lease_failure = text
+            drive.lease_due = now + max(0.2, self.lease_s / 10)
+
+    def _renew_lease(self, drive: RuleDrive, now: float) -> None:
+        """Set the entry's ``timeout=lease_s`` again, or add it when it is missing (expired, or a reboot)."""
+        name, timeout = lease_list(drive.wan.name), routeros_time(self.lease_s)
+        address = self.cfg.actuator.lease_address
+        rows = self.link.run(f"{ADDRESS_LIST}/print", "=.proplist=.id,list,address", f"?=list={name}")
+        mine = [r for r in rows if r.get("list") == name and _same_network(r.get("address"), address)
+                and isinstance(r.get(".id"), str)]
+        renewed = False
+        if mine:
+            try:
+                self.link.run(f"{ADDRESS_LIST}/set", f"=.id={mine[0]['.id']}", f"=timeout={timeout}")
+                renewed = True
+                self._counters["lease_renewals"] += 1
+            except RouterTrap as error:
+                if "no such item" not in str(error):  # expired between the print and the set: add it
+                    raise
+        if not renewed:
+            self.link.run(f"{ADDRESS_LIST}/add", f"=list={name}", f"=address={address}", f"=timeout={timeout}",
+                          "=comment=wanctl lease: steering stops when this entry expires")
+            self._counters["lease_adds"] += 1
+        if drive.lease_failure is not None:
+            log.info("%s: lease %r renewed again", drive.wan.name, name)
+        drive.lease_failure = None
+        drive.lease_due = now + self.lease_s / 3
+
+    def release(self, deadline: float) -> int:
+        """Disable every live WAN's rule before ``deadline`` (this core's clock); how many were disabled.
+
+        A WAN whose rule cannot be reached in time is logged: its lease (if any) ends its steering."""
+        released = 0
+        for drive in self.wans.values():
+            if drive.dry_run or not drive.wan.rule_comment:
+                continue
+            wan, comment = drive.wan.name, drive.wan.rule_comment
+            try:
+                if not self.link.ensure(deadline=deadline):
+                    raise RouterUnreachable(self.link.last_error or f"not connected to {self.link.where}")
+                rule_id, disabled = self._find(drive, deadline)
+                if disabled:
+                    continue
+                self.link.run(f"{MANGLE}/set", f"=.id={rule_id}", "=disabled=yes", deadline=deadline)
+                _, disabled = self._find(drive, deadline)
+                if not disabled:
+                    raise RuleError(f"{wan}: mangle rule {comment!r} still enabled after the release")
+            except (RuleError, RouterTrap, RouterUnreachable) as error:
+                self._counters["release_failures"] += 1
+                lease = f"; the router ends it within lease_s ({self.lease_s:g} s)" if self.lease_s else ""
+                log.error("%s: cannot release mangle rule %r on stop: %s%s", wan, comment, clip(error), lease)
+                continue
+            drive.observed = GOOD
+            released += 1
+            self._counters["released"] += 1
+            log.info("%s: mangle rule %r disabled on stop (steering off; actuator.on_stop: release)", wan, comment)
+        return released
 
     def close(self) -> None:
         self.link.close()
@@ -175,7 +287,7 @@ class Actuator:
             drive.observed = None
         drive.rounds = 0
         text = self._error_text(drive, error)
-        if self.dry_run:
+        if drive.dry_run:
             # Nothing to retry: a dry run never writes.  Say why nothing could be read.
             drive.pending = False
             drive.next_check = now + self.cfg.actuator.drift_check_s
@@ -203,9 +315,11 @@ class Actuator:
         wan, comment = drive.wan.name, drive.wan.rule_comment
         try:
             self._connect(now)
+            if self._leasing(drive):
+                self._renew_lease(drive, now)  # the rule requires the lease: renew it before enabling
             rule_id, disabled = self._find(drive)
             drive.observed = observed_state(disabled)
-            if self.dry_run:
+            if drive.dry_run:
                 drive.reported_observed = drive.observed
                 return self._succeed(drive, now, "dry_run")
             if drive.observed == drive.desired:
@@ -263,7 +377,7 @@ class Actuator:
         drive.next_check = now + self.cfg.actuator.drift_check_s
         if drive.observed == drive.desired:
             return None
-        if self.dry_run:
+        if drive.dry_run:
             if drive.observed == drive.reported_observed:
                 return None
             drive.reported_observed = drive.observed
@@ -277,12 +391,13 @@ class Actuator:
         drive.rounds = 0
         return self._apply(drive, now)
 
-    def _find(self, drive: RuleDrive) -> tuple[str, bool]:
+    def _find(self, drive: RuleDrive, deadline: float | None = None) -> tuple[str, bool]:
         """The id and ``disabled`` of the one rule with exactly the WAN's comment; RuleError if not exactly one."""
         wan, comment = drive.wan.name, drive.wan.rule_comment
         if not comment:
             raise RuleError(f"{wan}: no rule_comment configured (wans[].rule_comment); nothing written")
-        rows = self.link.run(f"{MANGLE}/print", "=.proplist=.id,comment,disabled", f"?=comment={comment}")
+        rows = self.link.run(f"{MANGLE}/print", "=.proplist=.id,comment,disabled", f"?=comment={comment}",
+                             deadline=deadline)
         foreign = [r for r in rows if r.get("comment") != comment]
         rows = [r for r in rows if r.get("comment") == comment]
         if foreign:
@@ -322,3 +437,15 @@ class Actuator:
             return False
         drive.renumbered = 0
         return True
+
+
+def _same_network(have: object, want: str) -> bool:
+    """Whether an address-list entry's address (RouterOS prints ``10.0.0.1`` for ``10.0.0.1/32``) is ours."""
+    import ipaddress
+
+    if not isinstance(have, str):
+        return False
+    try:
+        return ipaddress.ip_network(have, strict=False) == ipaddress.ip_network(want, strict=False)
+    except ValueError:
+        return have == want

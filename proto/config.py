@@ -216,6 +216,7 @@ class Wan(Section):
     autorate_state_file: str | None = None  # baseline RTT and wan_zone from autorate
     rate_mbps: Annotated[float, msgspec.Meta(gt=0, le=1e6)] | None = None  # queue rate when its max-limit is unset
     alternate: str | None = None  # the WAN this WAN's steered traffic goes to (the quality policy's do-no-harm check)
+    dry_run: bool | None = None  # this WAN only: true never writes its rule, false drives it; null: actuator.dry_run
 
 
 class Collector(Section):
@@ -239,12 +240,26 @@ class Collector(Section):
 
 
 class Actuator(Section):
-    """Driving each WAN's mangle rule toward the desired state."""
+    """Driving each WAN's mangle rule toward the desired state.
+
+    ``dry_run`` is the default of every WAN (``wans[].dry_run`` overrides it).
+    ``on_stop``: ``release`` disables every live WAN's rule on a clean stop
+    (within ``release_timeout_s``), ``keep`` leaves it as it is.  ``lease_s``:
+    while a live WAN steers, the actuator keeps the router's address-list entry
+    ``wanctl-lease-<wan>`` (``lease_address``) alive with ``timeout=lease_s``,
+    renewed every ``lease_s / 3``; the steering rule requires that list, so when
+    no actuator renews it the router stops steering new connections by itself.
+    ``lease_s: 0`` turns the lease off (for a rule without ``src-address-list``).
+    """
 
     dry_run: bool = False  # read, report dry_run, never write
     verify_retries: Annotated[int, msgspec.Meta(ge=0)] = 3  # extra set+read-back rounds before `failed`
     verify_delay_s: NonNegative = 0.05  # pause before each retry
     drift_check_s: Positive = 10.0  # re-read every rule this often; re-assert if changed behind our back
+    on_stop: Literal["release", "keep"] = "release"  # a clean stop disables every live WAN's rule, or keeps it
+    release_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=4.0)] = 2.0  # deadline of the release on stop
+    lease_s: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 60.0  # router-side dead-man lease; 0: none
+    lease_address: str = "0.0.0.0/0"  # the lease entry's address: 0.0.0.0/0, or the LAN subnet
 
 
 class Logger(Section):
@@ -399,6 +414,15 @@ def _cross_field_problems(cfg: Config) -> list[str]:
     for i, wan in enumerate(cfg.wans):
         if wan.alternate is not None and (wan.alternate == wan.name or wan.alternate not in names):
             problems.append(f"wans[{i}].alternate: must name another configured WAN, got {wan.alternate!r}")
+    lease_s = cfg.actuator.lease_s
+    if 0 < lease_s < 1.5:
+        problems.append(f"actuator.lease_s: must be 0 (no lease) or at least 1.5 s, got {lease_s}")
+    try:
+        lease_v4 = ipaddress.ip_network(cfg.actuator.lease_address, strict=False).version == 4
+    except ValueError:
+        lease_v4 = False
+    if not lease_v4:
+        problems.append(f"actuator.lease_address: must be an IPv4 address or subnet, got {cfg.actuator.lease_address!r}")
     for i, name in enumerate(names):
         if name in names[:i]:
             problems.append(f"wans[{i}].name: must be unique, got {name!r} twice")

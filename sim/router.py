@@ -10,9 +10,22 @@ Menus, as RouterOS 7 prints them through the API:
   ``packets``, ``dropped`` and instantaneous ``queued-packets``,
   ``queued-bytes``, ``rate``, ``packet-rate``, plus one non-CAKE entry;
 - ``/queue/type``: a ``kind=cake`` type per WAN;
-- ``/ip/firewall/mangle``: a classifier rule and one steering rule per WAN
-  that has a ``rule_comment`` (``disabled`` printed as ``true``/``false``);
+- ``/ip/firewall/mangle``: the layout ``wanctl-routeros-setup`` generates: a
+  classifier rule (``mark-connection`` of new EF connections as
+  ``wanctl-latency``), then per WAN that has a ``rule_comment`` its steering
+  rule (``mark-connection`` of new latency-sensitive connections from
+  ``src-address-list=wanctl-lease-<wan>``, ``disabled`` printed as
+  ``true``/``false``) and an always-on ``mark-routing`` rule by that
+  connection mark to the alternate WAN's table;
+- ``/ip/firewall/address-list``: entries with an optional ``timeout``, which
+  expire on the router's clock (printed as the time left, ``dynamic=true``)
+  and are lost in a reboot, as RouterOS does with dynamic entries;
+- ``/routing/table`` (``main`` and one ``fib`` table per WAN not on main) and
+  ``/ip/route`` (a default route per table);
 - ``/system/resource``, ``/system/identity``.
+
+``steering_active(comment)`` says whether a steering rule would mark anything
+now: enabled, and every address list it requires holds a live entry.
 
 Item ids look like ``*1A``; a reboot renumbers every item.
 """
@@ -46,6 +59,12 @@ READ_ONLY = {".id", "bytes", "packets", "dropped", "queued-packets", "queued-byt
 
 # Properties computed at print time from the traffic model.
 LIVE = {"bytes", "packets", "dropped", "queued-packets", "queued-bytes", "rate", "packet-rate"}
+
+ADDRESS_LIST = "/ip/firewall/address-list"
+# Menus that take ``add``, with the properties that identify an entry.
+ADDABLE = {ADDRESS_LIST: ("list", "address"), "/routing/table": ("name",),
+           "/ip/route": ("dst-address", "gateway", "routing-table")}
+MENUS = ("/queue/tree", "/queue/type", "/ip/firewall/mangle", *ADDABLE)
 
 PING_ARGS = {"address", "count", "interval", "size", "ttl", "interface", "routing-table", "src-address",
              "do-not-fragment", "dscp", "arp-ping", "vrf"}
@@ -191,7 +210,7 @@ class Router:
     a fake clock they advance by hand so that counters are exact.
     """
 
-    def __init__(self, scenario: Scenario, *, clock=time.monotonic, seed: int | None = None):
+    def __init__(self, scenario: Scenario, *, clock=time.monotonic, seed: int | None = None, bare: bool = False):
         self.scenario = scenario
         self.clock = clock
         self.started = clock()
@@ -206,6 +225,9 @@ class Router:
         self.writes: list[tuple[str, dict[str, str]]] = []
         self.commands = 0
         self.lost_targets: set[str] = set()  # ping addresses whose probes are all lost
+        # bare: only the queues, as a router before ``wanctl-routeros-setup``'s script (no routing
+        # tables but main, no routes, no mangle rules).
+        self.bare = bare
         self._build()
 
     # --- ids and items -------------------------------------------------------
@@ -237,22 +259,37 @@ class Router:
             "queue": "default-small", "priority": "8", "max-limit": "10M", "burst-limit": "0",
             "burst-threshold": "0", "burst-time": "0s", "bucket-size": "0.1", "invalid": "false",
             "disabled": "false"})
+        self._add("/routing/table", {"name": "main", "fib": "true", "dynamic": "true", "disabled": "false"})
+        if self.bare:
+            return
+        for wan in wans:
+            if wan.routing_table != "main" and not any(t["name"] == wan.routing_table
+                                                       for t in self.items("/routing/table")):
+                self._add("/routing/table", {"name": wan.routing_table, "fib": "true", "dynamic": "false",
+                                             "disabled": "false"})
+            self._add("/ip/route", {"dst-address": "0.0.0.0/0", "gateway": wan.interface,
+                                    "routing-table": wan.routing_table, "disabled": "false"})
         self._add("/ip/firewall/mangle", {
-            "chain": "prerouting", "action": "mark-connection", "new-connection-mark": "LATENCY_SENSITIVE",
-            "passthrough": "true", "connection-state": "new", "dscp": "46", "invalid": "false",
-            "dynamic": "false", "disabled": "false", "comment": "classify latency-sensitive (EF)",
-            "_saved_disabled": "false"})
-        for i, wan in enumerate(wans):
+            "chain": "prerouting", "action": "mark-connection", "new-connection-mark": "wanctl-latency",
+            "passthrough": "true", "connection-state": "new", "in-interface-list": "LAN", "dscp": "46",
+            "invalid": "false", "dynamic": "false", "disabled": "false",
+            "comment": "wanctl: latency-sensitive: DSCP EF", "_saved_disabled": "false"})
+        for wan in wans:
             if not wan.rule_comment:
                 continue
             others = [w for w in wans if w.name != wan.name]
             table = others[0].routing_table if others else "to-alternate"
             disabled = "true" if wan.rule_disabled else "false"
             self._add("/ip/firewall/mangle", {
-                "chain": "prerouting", "action": "mark-routing", "new-routing-mark": table,
-                "passthrough": "false", "connection-mark": "LATENCY_SENSITIVE", "connection-state": "new",
-                "in-interface-list": "LAN", "invalid": "false", "dynamic": "false", "disabled": disabled,
-                "comment": wan.rule_comment, "_saved_disabled": disabled})
+                "chain": "prerouting", "action": "mark-connection", "new-connection-mark": f"wanctl-steer-{wan.name}",
+                "passthrough": "true", "connection-mark": "wanctl-latency", "connection-state": "new",
+                "in-interface-list": "LAN", "src-address-list": f"wanctl-lease-{wan.name}", "invalid": "false",
+                "dynamic": "false", "disabled": disabled, "comment": wan.rule_comment, "_saved_disabled": disabled})
+            self._add("/ip/firewall/mangle", {
+                "chain": "prerouting", "action": "mark-routing", "new-routing-mark": table, "passthrough": "false",
+                "connection-mark": f"wanctl-steer-{wan.name}", "in-interface-list": "LAN", "invalid": "false",
+                "dynamic": "false", "disabled": "false", "comment": f"wanctl: route steered {wan.name}",
+                "_saved_disabled": "false"})
 
     def items(self, path: str) -> list[dict[str, str]]:
         return self.menus.get(path, [])
@@ -269,6 +306,27 @@ class Router:
 
     def rules(self, comment: str) -> list[dict[str, str]]:
         return [r for r in self.items("/ip/firewall/mangle") if r.get("comment") == comment]
+
+    def expire(self) -> None:
+        """Drop the address-list entries whose timeout has run out (RouterOS does it on its own clock)."""
+        now = self.clock()
+        menu = self.menus.get(ADDRESS_LIST)
+        if menu:
+            menu[:] = [e for e in menu if "_expires" not in e or float(e["_expires"]) > now]
+
+    def address_list(self, name: str) -> list[dict[str, str]]:
+        """The live entries of one address list."""
+        self.expire()
+        return [e for e in self.items(ADDRESS_LIST) if e.get("list") == name]
+
+    def steering_active(self, comment: str) -> bool:
+        """Whether the rule with this comment would mark new connections now: it is enabled and the
+        address list it requires (``src-address-list``) holds an enabled, unexpired entry."""
+        rules = self.rules(comment)
+        if len(rules) != 1 or rules[0].get("disabled") != "false":
+            return False
+        needed = rules[0].get("src-address-list")
+        return not needed or any(e.get("disabled") != "true" for e in self.address_list(needed))
 
     def wan_of_queue(self, item: dict[str, str]) -> Traffic | None:
         name = item.get("_wan")
@@ -292,6 +350,8 @@ class Router:
         """New ids for everything, counters zeroed, mangle rules back to their saved state."""
         self.reboots += 1
         self._next_id = 0x100 * (self.reboots + 1) + 1
+        # Entries with a timeout are dynamic: a reboot loses them.
+        self.menus[ADDRESS_LIST] = [e for e in self.items(ADDRESS_LIST) if "_expires" not in e]
         for items in self.menus.values():
             for item in items:
                 item[".id"] = self._new_id()
@@ -328,6 +388,16 @@ class Router:
             for key in ("invalid", "disabled", "comment"):
                 if key in out:
                     out[key] = out.pop(key)
+        elif path == ADDRESS_LIST:
+            if "_expires" in item:
+                left = max(0.0, float(item["_expires"]) - self.clock())
+                out["timeout"] = format_duration(math.ceil(left))
+                out["dynamic"] = "true"
+            else:
+                out["dynamic"] = "false"
+            for key in ("dynamic", "disabled", "comment"):
+                if key in out:
+                    out[key] = out.pop(key)
         elif path == "/ip/firewall/mangle":
             out.setdefault("bytes", "0")
             out.setdefault("packets", "0")
@@ -356,8 +426,9 @@ class Router:
             if verb != "print":
                 raise Trap("no such command")
             return self._print(self._system(path), attrs, queries), {}
-        if path not in ("/queue/tree", "/queue/type", "/ip/firewall/mangle"):
+        if path not in MENUS:
             raise Trap("no such command prefix")
+        self.expire()
         if verb in ("print", "getall"):
             items = self.items(path)
             if not any(_query_key(q) in LIVE for q in queries):
@@ -370,8 +441,14 @@ class Router:
         elif verb in ("enable", "disable"):
             self._set(path, {**attrs, "disabled": "true" if verb == "disable" else "false"})
         elif verb == "add" and path == "/ip/firewall/mangle":
-            return [], {"ret": self._add_rule(attrs)}
-        elif verb == "remove" and path == "/ip/firewall/mangle":
+            ret = self._add_rule(attrs)
+            self.writes.append((command, dict(attrs)))
+            return [], {"ret": ret}
+        elif verb == "add" and path in ADDABLE:
+            ret = self._add_entry(path, attrs)
+            self.writes.append((command, dict(attrs)))
+            return [], {"ret": ret}
+        elif verb == "remove" and path in (*ADDABLE, "/ip/firewall/mangle"):
             for item in self._targets(path, attrs):
                 self.menus[path].remove(item)
         elif verb in ("reset-counters", "reset-counters-all") and path == "/queue/tree":
@@ -406,6 +483,12 @@ class Router:
     def _set(self, path: str, attrs: dict[str, str]) -> None:
         attrs = dict(attrs)
         targets = self._targets(path, attrs)
+        if path == ADDRESS_LIST and "timeout" in attrs:
+            expires = self._expiry(attrs.pop("timeout"))
+            for item in targets:
+                item.pop("_expires", None)
+                if expires is not None:
+                    item["_expires"] = expires
         for key, value in attrs.items():
             if key in READ_ONLY or key.startswith("."):
                 raise Trap(f"unknown parameter {key}")
@@ -425,6 +508,39 @@ class Router:
         props.setdefault("action", "accept")
         item = self._add("/ip/firewall/mangle", {**props, "invalid": "false", "dynamic": "false",
                                                  "disabled": disabled, "_saved_disabled": disabled})
+        return item[".id"]
+
+    def _expiry(self, timeout: str) -> str | None:
+        """The router-clock time an entry given ``timeout=`` expires at (None: no timeout)."""
+        if timeout in ("", "none-dynamic", "none-static", "0s", "0"):
+            return None
+        try:
+            seconds = parse_interval(timeout)
+        except ValueError:
+            raise Trap(f"value of timeout must be a time interval, got {timeout}", category=1) from None
+        return repr(self.clock() + seconds)
+
+    def _add_entry(self, path: str, attrs: dict[str, str]) -> str:
+        if path == "/ip/route":
+            attrs = {"routing-table": "main", **attrs}
+        required = ADDABLE[path]
+        missing = [k for k in required if not attrs.get(k)]
+        if missing:
+            raise Trap(f"failure: {missing[0]} not specified", category=1)
+        props = {k: v for k, v in attrs.items() if not k.startswith(".") and k not in ("timeout", "disabled")}
+        same = [i for i in self.items(path) if all(i.get(k) == props.get(k) for k in required)]
+        if same:
+            raise Trap("failure: already have such entry" if path == ADDRESS_LIST
+                       else "failure: entry already exists", category=1)
+        if path == "/ip/route" and props.get("routing-table", "main") not in {
+                t["name"] for t in self.items("/routing/table")}:
+            raise Trap("input does not match any value of routing-table", category=1)
+        disabled = "true" if BOOLS.get(attrs.get("disabled", "no"), False) else "false"
+        item = self._add(path, {**props, "disabled": disabled})
+        if path == ADDRESS_LIST:
+            expires = self._expiry(attrs.get("timeout", ""))
+            if expires is not None:
+                item["_expires"] = expires
         return item[".id"]
 
     def ping_plan(self, attrs: dict[str, str]) -> PingPlan:
@@ -458,7 +574,8 @@ class Router:
             if not chosen:
                 raise Trap("input does not match any value of interface", category=1)
         elif "routing-table" in attrs:
-            chosen = [w for w in wans if w.routing_table == attrs["routing-table"]]
+            tables = {t["name"] for t in self.items("/routing/table") if t.get("disabled") != "true"}
+            chosen = [w for w in wans if w.routing_table == attrs["routing-table"] and w.routing_table in tables]
             if not chosen:
                 raise Trap("input does not match any value of routing-table", category=1)
         else:

@@ -14,6 +14,8 @@ thread-safe handle to it::
         sim.set_rule_disabled("wanctl-steer-wan1", False)   # change it behind the client's back
         sim.congest("wan1", added_rtt_ms=150, drops_per_sec=20, queued_packets=700)
         sim.reboot(downtime_s=0.5)              # and every other fault of SimServer
+        sim.steering_active("wanctl-steer-wan1")  # rule enabled and its lease entry alive
+        sim.address_list("wanctl-lease-wan1")   # the lease entries, with the time left
 
 Every method runs on the simulator's loop and waits for it, so a test sees the
 effect before its next line.  ``writes()`` lists every command that changed
@@ -45,12 +47,12 @@ class SimRouter:
     def __init__(self, scenario: Scenario | None = None, *, host: str = "127.0.0.1", port: int = 0,
                  username: str = "admin", password: str = "admin", ssl_context: ssl.SSLContext | None = None,
                  empty_reply: bool | None = None, clock: Callable[[], float] = time.monotonic,
-                 ping_delay_scale: float = 1.0):
+                 ping_delay_scale: float = 1.0, bare: bool = False):
         self.scenario = scenario if scenario is not None else quiet_scenario("wan1")
         self.username = username
         self.password = password
         self.tls = ssl_context is not None
-        self.router = Router(self.scenario, clock=clock)
+        self.router = Router(self.scenario, clock=clock, bare=bare)
         self.server = SimServer(self.router, host=host, port=port, username=username, password=password,
                                 ssl_context=ssl_context, empty_reply=empty_reply, ping_delay_scale=ping_delay_scale)
         self._loop = asyncio.new_event_loop()
@@ -124,6 +126,15 @@ class SimRouter:
             item = self.router.find("/queue/tree", name)
             return self.router._dynamic("/queue/tree", item)
         return self.call(read)
+
+    def steering_active(self, comment: str) -> bool:
+        """Whether the rule would steer new connections now (enabled, and its lease entry alive)."""
+        return self.call(self.router.steering_active, comment)
+
+    def address_list(self, name: str) -> list[dict[str, str]]:
+        """The live entries of an address list, as printed now (``timeout`` is the time left)."""
+        return self.call(lambda: [self.router._dynamic("/ip/firewall/address-list", e)
+                                  for e in self.router.address_list(name)])
 
     def writes(self) -> list[tuple[str, dict[str, str]]]:
         return self.call(lambda: list(self.router.writes))
