@@ -1,21 +1,30 @@
-"""The scorer process: the engine between the bus, the journal and the state file.
+"""The scorer process: the engine between the bus, the journal and the state store.
 
-Crash safety (SIGKILL at any moment), per sample that yields decisions:
+Crash safety (SIGKILL at any moment), per commit (a burst of samples taken
+from the socket together):
 
-1. the engine decides (in memory only);
-2. the state snapshot is written atomically, carrying the new engine state
-   *and* the new decisions (``recent``) — this is the commit point;
-3. the decisions are appended to the journal and fsync'd;
-4. only then are they published.
+1. the engine scores every sample of the burst (in memory only);
+2. one record goes to the state log (``scorer.store``): the whole new state
+   of every WAN that decided (and of its alternate), the next seq, the
+   engine's totals and the burst's decisions; one write, one fsync: this is
+   the commit point;
+3. the decisions are appended to the journal;
+4. only then are they published, with the ``state.<wan>`` of the WANs that
+   changed.
 
-A kill before 2 loses nothing anyone has seen: the old snapshot restores the
+A kill before 2 loses nothing anyone has seen: the older records restore the
 old state and the next samples decide again, with the same seq.  A kill
-between 2 and 3 is repaired on restart: decisions in the snapshot's
-``recent`` that are newer than the journal's last line are appended first.
-So the journal is always a prefix-complete record of every decision the
-engine state reflects, and the next seq is ``max(snapshot, journal + 1)``.
-Between decisions the snapshot is rewritten every ``persist_interval_s`` so
-running timers resume close to where they were.
+between 2 and 3 is repaired on restart: decisions in the log's records (and
+the base's ``recent``) that are newer than the journal's last line are
+appended first.  The journal is written at once (a kill of the process
+cannot lose what the kernel has) and fsync'd before every compaction, so
+after a power loss too every decision is in the journal or in a record after
+the base.  The next seq is ``max(state, journal + 1)``.
+
+Every ``persist_interval_s`` (when anything was scored since), and whenever
+the log outgrows the base, the store is compacted: the whole engine as a new
+base, then an empty log.  The once-a-second ``state.<wan>`` refresh of every
+WAN is spread over the second, a slice of WANs per turn of the loop.
 
 Replays for the logger come from the journal's last ``JOURNAL_WINDOW`` lines
 in memory, or from the journal file for anything older, so the scorer's
@@ -36,86 +45,136 @@ from proto.messages import (
 )
 from runtime.health import Health
 from runtime.stage import Stage, stage_command
-from runtime.storage import DecisionJournal, write_atomic
+from runtime.storage import DecisionJournal
 from scorer.engine import CONFIDENCE, Engine
+from scorer.store import PersistedState, StateStore
+
+__all__ = ["PersistedState", "ScorerCore", "EngineMetrics", "run", "main"]
 
 log = logging.getLogger("wanctl.scorer")
 
-RECENT = 32  # decisions kept in the snapshot for journal repair
+RECENT = 32  # decisions kept in the base for journal repair
 JOURNAL_WINDOW = 2 * REPLAY_LIMIT  # journal lines kept in memory for replays; older ones are read from the file
 FALLBACK_DEGRADED_S = 60.0  # health stays degraded this long after the confidence policy fails on a sample
 
 
-class PersistedState(msgspec.Struct):
-    """The scorer's state file: the engine snapshot plus its latest decisions."""
-
-    engine: bytes
-    recent: list[bytes] = []  # Decision JSON lines, oldest first
-
-
 class ScorerCore:
-    """Engine + journal + state file; no sockets (the loop in ``run`` owns them)."""
+    """Engine + journal + state store; no sockets (the loop in ``run`` owns them).
+
+    ``score`` takes one sample and returns its decisions, not yet durable;
+    ``commit`` makes everything scored since the last commit durable and
+    journaled, and returns the names of the WANs that decided.
+    ``on_telemetry`` is the two for one sample.
+    """
 
     def __init__(self, cfg: Config, *, epoch: int) -> None:
         s = cfg.scorer
         self.cfg = cfg
         self.epoch = epoch
         self.state_path = resolve_path(cfg, s.state_path)
-        self.journal = DecisionJournal(resolve_path(cfg, s.journal_path), fsync="always", window=JOURNAL_WINDOW)
-        self.tallies = {"journal_repaired": 0, "state_file_errors": 0, "replays_served": 0}
+        self.store = StateStore(self.state_path)
+        # Written at once, fsync'd before each compaction: the state log is the commit point.
+        self.journal = DecisionJournal(resolve_path(cfg, s.journal_path), fsync="never", window=JOURNAL_WINDOW)
+        self.tallies = {"journal_repaired": 0, "state_file_errors": 0, "replays_served": 0,
+                        "state_records": 0, "state_compactions": 0, "commits": 0}
+        self.alternates = {w.name: w.alternate for w in cfg.wans if w.alternate}
         self.engine, recent = self._load_state()
-        for line in recent:  # kill between the snapshot and the journal append
+        repaired = []
+        for line in recent:  # kill between the state record and the journal append
             decision = from_json(line)
             if decision.seq > self.journal.last_seq:
-                self.journal.append_decisions([decision])
-                self.tallies["journal_repaired"] += 1
-        if self.tallies["journal_repaired"]:
-            log.warning("journal: restored %d decisions from the state file", self.tallies["journal_repaired"])
+                repaired.append(decision)
+        if repaired:
+            self.journal.append_decisions(repaired)
+            self.journal.sync()
+            self.tallies["journal_repaired"] += len(repaired)
+            log.warning("journal: restored %d decisions from the state file", len(repaired))
         if self.journal.last_seq >= self.engine.next_seq:
             log.warning("journal: last seq %d is ahead of the state file's next seq %d; continuing after it",
                         self.journal.last_seq, self.engine.next_seq)
         self.engine.next_seq = max(self.engine.next_seq, self.journal.last_seq + 1)
         self.dirty = False
+        if not self.state_path.exists():
+            self.persist()  # a base from the start: the log's records always follow one
+        self._changed: dict[str, None] = {}  # WANs that decided since the last commit, in order
+        self.pending: list[Decision] = []  # their decisions, not yet durable
         log.info("scorer: next decision seq %d, %d WANs restored, journal %s",
                  self.engine.next_seq, len(self.engine.wans), self.journal.path)
 
+    def _fresh(self) -> Engine:
+        return Engine(self.cfg.scorer, wans=self.cfg.wans, epoch=self.epoch)
+
     def _load_state(self) -> tuple[Engine, list[bytes]]:
+        store = self.store
         try:
-            data = self.state_path.read_bytes()
-        except FileNotFoundError:
-            return Engine(self.cfg.scorer, wans=self.cfg.wans, epoch=self.epoch), []
-        try:
-            saved = msgspec.msgpack.decode(data, type=PersistedState)
-            return Engine.restore(self.cfg.scorer, saved.engine, wans=self.cfg.wans, epoch=self.epoch), saved.recent
+            base = store.read_base()
+            engine = self._fresh() if base is None else Engine.restore(
+                self.cfg.scorer, base.engine, wans=self.cfg.wans, epoch=self.epoch)
         except Exception as error:  # noqa: BLE001 - a bad state file must not stop steering
             self.tallies["state_file_errors"] += 1
-            bad = self.state_path.with_name(self.state_path.name + ".bad")
-            self.state_path.rename(bad)
+            bad = store.set_aside()
             log.error("%s: cannot restore scorer state (%s); moved to %s, starting from GOOD",
                       self.state_path, error, bad)
-            return Engine(self.cfg.scorer, wans=self.cfg.wans, epoch=self.epoch), []
+            return self._fresh(), []
+        recent = list(base.recent) if base is not None else []
+        records, torn = store.read_log()
+        if torn:
+            log.warning("%s: cut a torn last record (%d bytes) left by a crash", store.log_path, torn)
+        for record in records:
+            engine.load_wans(record.wans, record.next_seq, record.rejected, record.counters)
+            recent.extend(record.decisions)
+        return engine, recent
 
     def persist(self) -> None:
-        recent = self.journal.recent_lines(RECENT)
-        write_atomic(self.state_path, msgspec.msgpack.encode(
-            PersistedState(engine=self.engine.export(), recent=recent)))
+        """Compact: the journal to disk, then the whole engine as the new base, then an empty log."""
+        self.journal.sync()
+        self.store.compact(self.engine.export(), self.journal.recent_lines(RECENT))
+        self.tallies["state_compactions"] += 1
         self.dirty = False
 
-    def on_telemetry(self, sample: Telemetry) -> list[Decision]:
-        """Score one sample; decisions come back already committed and journaled."""
+    def score(self, sample: Telemetry) -> list[Decision]:
+        """Score one sample; its decisions are durable only after the next ``commit``."""
         outcome = self.engine.process(sample)
         if outcome.cause is None:
             self.dirty = True
-        decisions = list(outcome.decisions)
+        decisions = outcome.decisions
+        if not decisions:
+            return []
+        decisions = list(decisions)
+        epoch = self.epoch
+        for d in decisions:  # the envelope is the shell's
+            d.source, d.epoch = "scorer", epoch
+        self.pending.extend(decisions)
+        wan = sample.wan
+        self._changed[wan] = None
+        alternate = self.alternates.get(wan)
+        if alternate is not None and alternate in self.engine.wans:
+            self._changed[alternate] = None  # its summary is part of this decision
+        return decisions
+
+    def commit(self) -> list[str]:
+        """Make the decisions scored since the last commit durable (one record, one fsync),
+        then journal them; returns the WANs that decided."""
+        if not self.pending:
+            return []
+        decisions, self.pending = self.pending, []
+        changed, self._changed = list(self._changed), {}
+        engine = self.engine
+        rejected, counters = engine.totals()
+        lines = [to_json(d) for d in decisions]
+        self.store.append([engine.wans[name] for name in changed], engine.next_seq, rejected, counters, lines)
+        self.journal.append_decisions(decisions)
+        self.tallies["state_records"] += 1
+        self.tallies["commits"] += 1
+        if self.store.wants_compaction():
+            self.persist()
+        return changed
+
+    def on_telemetry(self, sample: Telemetry) -> list[Decision]:
+        """Score one sample; decisions come back already committed and journaled."""
+        decisions = self.score(sample)
         if decisions:
-            for d in decisions:  # the envelope is the shell's
-                d.source, d.epoch = "scorer", self.epoch
-            lines = [to_json(d) for d in decisions]
-            recent = self.journal.recent_lines(RECENT) + lines
-            write_atomic(self.state_path, msgspec.msgpack.encode(
-                PersistedState(engine=self.engine.export(), recent=recent[-RECENT:])))
-            self.dirty = False
-            self.journal.append_decisions(decisions)
+            self.commit()
         return decisions
 
     def replay(self, request: ReplayRequest) -> ReplayReply:
@@ -141,8 +200,10 @@ class ScorerCore:
 
     def close(self) -> None:
         try:
+            self.commit()
             self.persist()
         finally:
+            self.store.close()
             self.journal.close()
 
 
@@ -185,8 +246,9 @@ class EngineMetrics:
         active_now = {state.wan: state.flap_penalty_remaining_s is not None for state in states}
         for state in states:
             health.observe_state(state)
-        for wan, w in engine.wans.items():
-            cp = w.confidence_policy
+        for state in states:  # the WANs whose state is published now, not all of them
+            wan = state.wan
+            cp = engine.wans[wan].confidence_policy
             self._bring_up(wan, "degrade_resets", cp.degrade_resets, m.timer_resets.labels(wan=wan, timer="degrade"))
             self._bring_up(wan, "recovery_resets", cp.recovery_resets,
                            m.timer_resets.labels(wan=wan, timer="recovery"))
@@ -222,6 +284,43 @@ def _state_key(state: State) -> tuple:
     return (state.desired, state.decision_seq, state.flap_penalty)
 
 
+class StateRefresh:
+    """The re-publication of every WAN's state once per ``interval_s``, spread over it:
+    ``due(now)`` names the WANs whose turn has come (a slice per call), ``next_at`` when
+    the next one comes."""
+
+    def __init__(self, engine: Engine, interval_s: float, now: float) -> None:
+        self.engine = engine
+        self.interval_s = interval_s
+        self.names: list[str] = []
+        self.cursor = 0
+        self.owed = 0.0
+        self.at = now
+        self.next_at = now
+
+    def due(self, now: float) -> list[str]:
+        wans = self.engine.wans
+        n = len(wans)
+        if n != len(self.names):
+            self.names = list(wans)  # WANs are only ever added, at the end
+        if n == 0:
+            self.at, self.next_at = now, now + self.interval_s
+            return []
+        self.owed = min(self.owed + (now - self.at) * n / self.interval_s, float(n))
+        self.at = now
+        k = int(self.owed)
+        if self.owed - k > 1e-9 or k == 0:
+            k += 1  # round up: every WAN within its interval, never later
+        self.owed -= k
+        names, start = self.names, self.cursor
+        out = names[start:start + k]
+        if len(out) < k:
+            out += names[:k - len(out)]
+        self.cursor = (start + k) % n
+        self.next_at = now + (1.0 - self.owed if self.owed < 1.0 else 0.0) * self.interval_s / n
+        return out
+
+
 def run(cfg: Config) -> int:
     with Stage(cfg, "scorer") as stage:
         core = ScorerCore(cfg, epoch=stage.epoch)
@@ -239,48 +338,58 @@ def run(cfg: Config) -> int:
         state_seq = 0
         published: dict[str, tuple] = {}
         s = cfg.scorer
+        engine = core.engine
         now = time.monotonic()
-        states_due = now
+        refresh = StateRefresh(engine, s.state_interval_s, now)
         persist_due = now + s.persist_interval_s
-        metrics.sync(core, core.engine.states(), now)
+        metrics.sync(core, engine.states(), now)
         poller = zmq.Poller()
         poller.register(sub, zmq.POLLIN)
         poller.register(journal_sock, zmq.POLLIN)
+        decode = stage.decoder.decode
 
-        def publish_states(force: bool) -> None:
+        def publish_states(names, force: bool) -> None:
             nonlocal state_seq
-            states = core.engine.states()
-            for state in states:
+            states = []
+            for name in names:
+                state = engine.state_of(name)
                 key = _state_key(state)
-                if force or published.get(state.wan) != key:
+                if force or published.get(name) != key:
                     state_seq += 1
-                    pub.send(msgspec.structs.replace(state, seq=state_seq, epoch=stage.epoch))
-                    published[state.wan] = key
+                    state.seq, state.epoch = state_seq, stage.epoch
+                    pub.send(state)
+                    published[name] = key
                     counters["states_published"] += 1
                     health.sent("state")
-            metrics.sync(core, states, time.monotonic())
+                states.append(state)
+            if states:
+                metrics.sync(core, states, time.monotonic())
 
         while not stage.stopping:
             now = time.monotonic()
-            timeout = min(states_due, persist_due, stage.beats.due) - now
+            timeout = min(refresh.next_at, persist_due, stage.beats.due) - now
             events = dict(poller.poll(max(0, min(100, int(timeout * 1000) + 1))))
             if sub in events:
+                # Group commit: score what the socket holds now, make it durable
+                # with one record, and only then publish.
                 received = 0
                 for frames in sockets.pending_frames(sub):
-                    message = stage.decoder.decode(frames)
-                    if not isinstance(message, Telemetry):
+                    message = decode(frames)
+                    if message.__class__ is not Telemetry:
                         continue
                     received += 1
-                    decisions = core.on_telemetry(message)
+                    core.score(message)
+                if received:
+                    health.saw("telemetry", received)
+                decisions = core.pending
+                if decisions:
+                    changed = core.commit()
                     for decision in decisions:
                         pub.send(decision)
                         counters["decisions_published"] += 1
                         metrics.decided(decision)
                         health.sent("decision")
-                    if decisions:
-                        publish_states(force=False)
-                if received:
-                    health.saw("telemetry", received)
+                    publish_states(changed, force=False)
             if journal_sock in events:
                 for frames in sockets.pending_frames(journal_sock):
                     try:
@@ -294,9 +403,8 @@ def run(cfg: Config) -> int:
                     except zmq.ZMQError:
                         pass  # the requester went away; it will ask again
             now = time.monotonic()
-            if now >= states_due:
-                publish_states(force=True)
-                states_due = now + s.state_interval_s
+            if now >= refresh.next_at:
+                publish_states(refresh.due(now), force=True)
             if now >= persist_due:
                 if core.dirty:
                     core.persist()
