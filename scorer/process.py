@@ -291,7 +291,7 @@ class StateRefresh:
 
     def __init__(self, engine: Engine, interval_s: float, now: float) -> None:
         self.engine = engine
-        self.interval_s = interval_s
+        self.interval_s = 0.9 * interval_s  # a margin for the loop's own delays
         self.names: list[str] = []
         self.cursor = 0
         self.owed = 0.0
