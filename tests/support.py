@@ -51,7 +51,8 @@ def idle(seq: int, t: float, wan: str = "wan1") -> Telemetry:
                      baseline_rtt_ms=12.0, drops_per_sec=0.0, queue_depth_pct=0.0, cake_state="GREEN")
 
 
-INSTANT = {  # every congested sample enables, every idle one disables
+INSTANT = {  # every congested sample enables, every idle one disables (Phase 2B driving)
+    "policy": "confidence",
     "shadow": False,
     "confidence": {"sustain_s": 0, "recovery_sustain_s": 0, "hold_down_s": 0},
     "flap": {"enabled": False},
