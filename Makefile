@@ -71,6 +71,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_realtraces.py
 	$(PY) bench/idle_noise.py
 	$(PY) bench/bench_pipeline.py
+	$(PY) bench/bench_scale.py
 	$(PY) bench/bench_router.py
 
 clean:

@@ -4,8 +4,8 @@
 
 1. Telemetry-to-decision latency through the live bus: a test publisher sends
    samples that each flip the steering state (instant timers), through the
-   proxy to the scorer process, which journals (fsync), snapshots (fsync) and
-   publishes the decision back through the proxy.  Baseline: a PUB -> SUB ->
+   proxy to the scorer process, which commits the WAN's state record (fsync),
+   journals the decision and publishes the decision back through the proxy.  Baseline: a PUB -> SUB ->
    PUB -> SUB echo through a separate process, no proxy, same transport.
 2. The highest telemetry rate one scorer process takes without dropping a
    sample (many WANs, idle samples, so no decisions): steps up the rate until
@@ -37,7 +37,7 @@ from proto.config import parse_config  # noqa: E402
 from proto.messages import Decision, Heartbeat, Telemetry, to_msgpack  # noqa: E402
 from tests.supervisor_harness import Stage, free_port, short_tmp, wait_for, write_config  # noqa: E402
 
-INSTANT = {"shadow": False, "flap": {"enabled": False},
+INSTANT = {"policy": "confidence", "shadow": False, "flap": {"enabled": False},
            "confidence": {"sustain_s": 0, "recovery_sustain_s": 0, "hold_down_s": 0}}
 
 
@@ -171,6 +171,42 @@ def latency_raw(directory: Path, n: int) -> list[float]:
         pub.close(0)
         sub.close(0)
         ctx.term()
+
+
+def latency_raw_setup(directory: Path):
+    """A raw echo process kept up for interleaved measurements: (measure one round trip, close)."""
+    a, b = f"ipc://{directory}/ea.sock", f"ipc://{directory}/eb.sock"
+    echo = subprocess.Popen([sys.executable, __file__, "--raw-echo", a, b])
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.connect(a)
+    sub = ctx.socket(zmq.SUB)
+    sub.subscribe(b"")
+    sub.connect(b)
+    payload = to_msgpack(sample(1, 1.0, "wan1", True))
+    wait_for(lambda: (pub.send_multipart([b"telemetry.wan1", payload]), sub.poll(100))[1], 15, "raw echo")
+    while sub.poll(100):
+        sub.recv_multipart()
+
+    def measure() -> float | None:
+        sent = time.perf_counter()
+        pub.send_multipart([b"telemetry.wan1", payload])
+        if sub.poll(5000):
+            sub.recv_multipart()
+            return time.perf_counter() - sent
+        return None
+
+    def close() -> None:
+        pub.send_multipart([b"stop"])
+        try:
+            echo.wait(5)
+        except subprocess.TimeoutExpired:
+            echo.kill()
+        pub.close(0)
+        sub.close(0)
+        ctx.term()
+
+    return measure, close
 
 
 # --- 2. sustained rate -----------------------------------------------------------------
@@ -371,7 +407,7 @@ def main() -> None:
         pm, p99 = statistics.median(lat) * 1e3, pct(lat, 99) * 1e3
         rm, r99 = statistics.median(raw) * 1e3, pct(raw, 99) * 1e3
         print(f"\n1. telemetry -> decision latency, {len(lat)} of {n} samples answered "
-              f"(each decision journaled and snapshotted with fsync before publishing)")
+              f"(each decision's state record fsync'd and journaled before publishing)")
         print(f"   pipeline (publisher -> bus -> scorer -> bus -> subscriber): median {pm:.3f} ms, p99 {p99:.3f} ms")
         print(f"   raw pyzmq PUB -> SUB -> echo -> PUB -> SUB:                median {rm:.3f} ms, p99 {r99:.3f} ms")
         print(f"   ratio pipeline/raw: median x{pm / rm:.1f}, p99 x{p99 / r99:.1f}")

@@ -654,39 +654,40 @@ class Engine:
 
     def states(self, seq: int = 0) -> list[State]:
         """The desired state of every known WAN, timers as seconds left at its last sample."""
-        p = self.params
-        out = []
-        for name, w in self.wans.items():
-            cp = w.confidence_policy
-            t = w.last_t
+        return [self.state_of(name, seq) for name in self.wans]
 
-            def left(deadline):
-                return None if deadline is None or t >= deadline else deadline - t
+    def state_of(self, name: str, seq: int = 0) -> State:
+        """The desired state of one WAN, timers as seconds left at its last sample."""
+        w = self.wans[name]
+        cp = w.confidence_policy
+        t = w.last_t
 
-            if self.driving_quality:
-                q = w.quality
-                qc = self.quality_cfg
-                capped = q.capped(qc, t)
-                out.append(State(
-                    wan=name, seq=seq, desired=q.state, decision_seq=w.decision_seq,
-                    confidence=q.last_score, threshold=q.last_threshold, flap_penalty=capped,
-                    hold_down_remaining_s=left(q.hold_down_until) if q.state == DEGRADED else None,
-                    flap_penalty_remaining_s=left(q.enables[0] + qc.flap.window_s) if capped else None,
-                    policy=self.cfg.policy, t=t, source=self.source, epoch=self.epoch,
-                ))
-                continue
-            confidence, threshold, penalty = w.last_score
-            out.append(State(
-                wan=name, seq=seq, desired=self.desired(name), decision_seq=w.decision_seq,
-                confidence=confidence, threshold=threshold, flap_penalty=penalty,
-                degrade_remaining_s=None if cp.degrade_start is None else left(cp.degrade_start + p.sustain),
-                hold_down_remaining_s=left(cp.hold_down_until) if cp.state == DEGRADED else None,
-                recovery_remaining_s=None if cp.recovery_start is None
-                else left(cp.recovery_start + p.recovery_sustain),
-                flap_penalty_remaining_s=left(cp.penalty_until),
+        def left(deadline):
+            return None if deadline is None or t >= deadline else deadline - t
+
+        if self.driving_quality:
+            q = w.quality
+            qc = self.quality_cfg
+            capped = q.capped(qc, t)
+            return State(
+                wan=name, seq=seq, desired=q.state, decision_seq=w.decision_seq,
+                confidence=q.last_score, threshold=q.last_threshold, flap_penalty=capped,
+                hold_down_remaining_s=left(q.hold_down_until) if q.state == DEGRADED else None,
+                flap_penalty_remaining_s=left(q.enables[0] + qc.flap.window_s) if capped else None,
                 policy=self.cfg.policy, t=t, source=self.source, epoch=self.epoch,
-            ))
-        return out
+            )
+        p = self.params
+        confidence, threshold, penalty = w.last_score
+        return State(
+            wan=name, seq=seq, desired=self.desired(name), decision_seq=w.decision_seq,
+            confidence=confidence, threshold=threshold, flap_penalty=penalty,
+            degrade_remaining_s=None if cp.degrade_start is None else left(cp.degrade_start + p.sustain),
+            hold_down_remaining_s=left(cp.hold_down_until) if cp.state == DEGRADED else None,
+            recovery_remaining_s=None if cp.recovery_start is None
+            else left(cp.recovery_start + p.recovery_sustain),
+            flap_penalty_remaining_s=left(cp.penalty_until),
+            policy=self.cfg.policy, t=t, source=self.source, epoch=self.epoch,
+        )
 
     def export(self) -> bytes:
         """A msgpack snapshot of the whole engine (section 5.7).
@@ -709,3 +710,16 @@ class Engine:
         engine.rejected = dict(snap.rejected)
         engine._counters.update({k: v for k, v in snap.counters.items() if k in engine._counters})
         return engine
+
+    def totals(self) -> tuple[dict[str, int], dict[str, int]]:
+        """The running totals a partial snapshot carries: (rejected by cause, counters)."""
+        return self.rejected, self._counters
+
+    def load_wans(self, wans: list[WanScorer], next_seq: int, rejected: dict[str, int],
+                  counters: dict[str, int]) -> None:
+        """Apply a partial snapshot: whole WANs (replacing or adding), the next seq and the totals."""
+        for w in wans:
+            self.wans[w.wan] = w
+        self.next_seq = next_seq
+        self.rejected = dict(rejected)
+        self._counters.update({k: v for k, v in counters.items() if k in self._counters})

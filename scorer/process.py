@@ -1,28 +1,36 @@
-"""The scorer process: the engine between the bus, the journal and the state file.
+"""The scorer process: the engine between the bus, the journal and the state store.
 
-Crash safety (SIGKILL at any moment), per sample that yields decisions:
+Crash safety (SIGKILL at any moment), per commit (a burst of samples taken
+from the socket together):
 
-1. the engine decides (in memory only);
-2. the state snapshot is written atomically, carrying the new engine state
-   *and* the new decisions (``recent``) — this is the commit point;
-3. the decisions are appended to the journal and fsync'd;
-4. only then are they published.
+1. the engine scores every sample of the burst (in memory only);
+2. one record goes to the state log (``scorer.store``): the whole new state
+   of every WAN that decided (and of its alternate), the next seq, the
+   engine's totals and the burst's decisions; one write, one fsync: this is
+   the commit point;
+3. the decisions are appended to the journal;
+4. only then are they published, with the ``state.<wan>`` of the WANs that
+   changed.
 
-A kill before 2 loses nothing anyone has seen: the old snapshot restores the
+A kill before 2 loses nothing anyone has seen: the older records restore the
 old state and the next samples decide again, with the same seq.  A kill
-between 2 and 3 is repaired on restart: decisions in the snapshot's
-``recent`` that are newer than the journal's last line are appended first.
-So the journal is always a prefix-complete record of every decision the
-engine state reflects, and the next seq is ``max(snapshot, journal + 1)``.
-Between decisions the snapshot is rewritten every ``persist_interval_s`` so
-running timers resume close to where they were.
+between 2 and 3 is repaired on restart: decisions in the log's records (and
+the base's ``recent``) that are newer than the journal's last line are
+appended first.  The journal's lines of a burst are fsync'd together, so
+after a power loss too every decision is in the journal or in a record after
+the base.  The next seq is ``max(state, journal + 1)``.
+
+Every ``persist_interval_s`` (when anything was scored since), and whenever
+the log outgrows the base, the store is compacted: the whole engine as a new
+base, then an empty log.  The once-a-second ``state.<wan>`` refresh of every
+WAN is spread over the second, a slice of WANs per turn of the loop.
 
 When the state file or the journal cannot be written (a full disk, a
-read-only directory), the decisions wait in ``uncommitted`` (unpublished,
-and no ``state.*`` goes out meanwhile), health is degraded with the reason,
-and the commit is tried again with the next decision and every
-``persist_interval_s``; a snapshot written meanwhile carries them in
-``recent`` so a kill still loses none.
+read-only directory), the decisions wait in ``pending`` (unpublished, and
+no ``state.*`` goes out meanwhile), health is degraded with the reason, and
+the commit is tried again every ``persist_interval_s``; no base is written
+while they wait, so a kill loses none that the bus has seen (the samples that
+made them decide again after a restart, with the same seq).
 
 Replays for the logger come from the journal's last ``JOURNAL_WINDOW`` lines
 in memory, or from the journal file for anything older, so the scorer's
@@ -45,121 +53,168 @@ from runtime.binding import bind as bind_to_router
 from runtime.health import Health
 from runtime.notify import start_notifier
 from runtime.stage import Stage, stage_command
-from runtime.storage import AppendFailed, DecisionJournal, write_atomic
+from runtime.storage import AppendFailed, DecisionJournal
 from scorer.engine import CONFIDENCE, Engine
+from scorer.store import PersistedState, StateStore
+
+__all__ = ["PersistedState", "ScorerCore", "EngineMetrics", "run", "main"]
 
 log = logging.getLogger("wanctl.scorer")
 
-RECENT = 32  # decisions kept in the snapshot for journal repair
+RECENT = 32  # decisions kept in the base for journal repair
 JOURNAL_WINDOW = 2 * REPLAY_LIMIT  # journal lines kept in memory for replays; older ones are read from the file
 FALLBACK_DEGRADED_S = 60.0  # health stays degraded this long after the confidence policy fails on a sample
 
 
-class PersistedState(msgspec.Struct):
-    """The scorer's state file: the engine snapshot plus its latest decisions."""
-
-    engine: bytes
-    recent: list[bytes] = []  # Decision JSON lines, oldest first
-
-
 class ScorerCore:
-    """Engine + journal + state file; no sockets (the loop in ``run`` owns them)."""
+    """Engine + journal + state store; no sockets (the loop in ``run`` owns them).
+
+    ``score`` takes one sample and returns its decisions, not yet durable;
+    ``commit`` makes everything scored since the last commit durable and
+    journaled, and returns the names of the WANs that decided.
+    ``on_telemetry`` is the two for one sample.
+    """
 
     def __init__(self, cfg: Config, *, epoch: int) -> None:
         s = cfg.scorer
         self.cfg = cfg
         self.epoch = epoch
         self.state_path = resolve_path(cfg, s.state_path)
+        self.store = StateStore(self.state_path)
+        # The state log's record is the commit point; the journal follows it, each line fsync'd
+        # (one fsync per burst of decisions: group commit).
         self.journal = DecisionJournal(resolve_path(cfg, s.journal_path), fsync="always", window=JOURNAL_WINDOW)
-        self.tallies = {"journal_repaired": 0, "state_file_errors": 0, "replays_served": 0, "commit_errors": 0}
-        self.uncommitted: list[Decision] = []  # decided, not yet durable, not published
+        self.tallies = {"journal_repaired": 0, "state_file_errors": 0, "replays_served": 0, "commit_errors": 0,
+                        "state_records": 0, "state_compactions": 0, "commits": 0}
+        self.alternates = {w.name: w.alternate for w in cfg.wans if w.alternate}
         self.storage_error: str | None = None
+        self.pending: list[Decision] = []  # decided, not yet durable and journaled, not published
+        self._recorded = 0  # how many of ``pending`` the state log already holds
+        self._changed: dict[str, None] = {}  # WANs that decided since the last full commit, in order
         self.engine, recent = self._load_state()
-        for line in recent:  # kill between the snapshot and the journal append
+        repaired: dict[int, Decision] = {}
+        for line in recent:  # kill between the state record and the journal append
             decision = from_json(line)
             if decision.seq > self.journal.last_seq:
-                try:
-                    self.journal.append_decisions([decision])
-                except AppendFailed as error:
-                    self._storage_failed(error)
-                    self.uncommitted.append(decision)
-                    continue
-                self.tallies["journal_repaired"] += 1
-        if self.tallies["journal_repaired"]:
-            log.warning("journal: restored %d decisions from the state file", self.tallies["journal_repaired"])
+                repaired[decision.seq] = decision  # a decision may stand in the base and in a record
+        if repaired:
+            decisions = [repaired[seq] for seq in sorted(repaired)]
+            try:
+                self.journal.append_decisions(decisions)
+                self.tallies["journal_repaired"] += len(decisions)
+                log.warning("journal: restored %d decisions from the state file", len(decisions))
+            except AppendFailed as error:
+                # They are in the state already: only the journal (and the bus) still owe them.
+                self.pending, self._recorded = decisions, len(decisions)
+                self._storage_failed(error)
         if self.journal.last_seq >= self.engine.next_seq:
             log.warning("journal: last seq %d is ahead of the state file's next seq %d; continuing after it",
                         self.journal.last_seq, self.engine.next_seq)
         self.engine.next_seq = max(self.engine.next_seq, self.journal.last_seq + 1)
         self.dirty = False
+        if not self.state_path.exists():
+            self.persist()  # a base from the start: the log's records always follow one
         log.info("scorer: next decision seq %d, %d WANs restored, journal %s",
                  self.engine.next_seq, len(self.engine.wans), self.journal.path)
 
+    def _fresh(self) -> Engine:
+        return Engine(self.cfg.scorer, wans=self.cfg.wans, epoch=self.epoch)
+
     def _load_state(self) -> tuple[Engine, list[bytes]]:
+        store = self.store
         try:
-            data = self.state_path.read_bytes()
-        except FileNotFoundError:
-            return Engine(self.cfg.scorer, wans=self.cfg.wans, epoch=self.epoch), []
-        try:
-            saved = msgspec.msgpack.decode(data, type=PersistedState)
-            return Engine.restore(self.cfg.scorer, saved.engine, wans=self.cfg.wans, epoch=self.epoch), saved.recent
+            base = store.read_base()
+            engine = self._fresh() if base is None else Engine.restore(
+                self.cfg.scorer, base.engine, wans=self.cfg.wans, epoch=self.epoch)
         except Exception as error:  # noqa: BLE001 - a bad state file must not stop steering
             self.tallies["state_file_errors"] += 1
-            bad = self.state_path.with_name(self.state_path.name + ".bad")
             try:
-                self.state_path.rename(bad)
+                bad = store.set_aside()
             except OSError as rename_error:
                 bad = f"nowhere ({rename_error})"
             log.error("%s: cannot restore scorer state (%s); moved to %s, starting from GOOD",
                       self.state_path, error, bad)
-            return Engine(self.cfg.scorer, wans=self.cfg.wans, epoch=self.epoch), []
+            return self._fresh(), []
+        recent = list(base.recent) if base is not None else []
+        records, torn = store.read_log()
+        if torn:
+            log.warning("%s: cut a torn last record (%d bytes) left by a crash", store.log_path, torn)
+        for record in records:
+            engine.load_wans(record.wans, record.next_seq, record.rejected, record.counters)
+            recent.extend(record.decisions)
+        return engine, recent
 
     def persist(self) -> None:
-        """Rewrite the snapshot (between decisions); a failure degrades health and is tried again later."""
-        if self.uncommitted:
-            self.commit()  # the snapshot must carry them
+        """Compact: the whole engine as the new base, then an empty log.
+
+        Never while decisions wait: a base must not hold the effect of a decision the
+        journal does not have.  A failure degrades health and is tried again later.
+        """
+        if self.pending and self.commit() is None:
             return
-        recent = self.journal.recent_lines(RECENT)
         try:
-            write_atomic(self.state_path, msgspec.msgpack.encode(
-                PersistedState(engine=self.engine.export(), recent=recent)))
+            self.journal.sync()
+            self.store.compact(self.engine.export(), self.journal.recent_lines(RECENT))
         except OSError as error:
             self._storage_failed(error)
             return
         self.storage_error = None
+        self.tallies["state_compactions"] += 1
         self.dirty = False
 
-    def on_telemetry(self, sample: Telemetry) -> list[Decision]:
-        """Score one sample; the decisions that come back are committed and journaled (older ones first)."""
+    def score(self, sample: Telemetry) -> list[Decision]:
+        """Score one sample; its decisions are durable only after the next ``commit``."""
         outcome = self.engine.process(sample)
         if outcome.cause is None:
             self.dirty = True
-        decisions = list(outcome.decisions)
-        for d in decisions:  # the envelope is the shell's
-            d.source, d.epoch = "scorer", self.epoch
+        decisions = outcome.decisions
         if not decisions:
-            return []  # waiting ones are retried every persist_interval_s, not on every sample
-        self.uncommitted.extend(decisions)
-        return self.commit()
-
-    def commit(self) -> list[Decision]:
-        """Snapshot, then journal, the uncommitted decisions; returns them once durable ([] on failure)."""
-        pending = self.uncommitted
-        if not pending:
             return []
-        lines = [to_json(d) for d in pending]
-        recent = self.journal.recent_lines(RECENT) + lines
+        decisions = list(decisions)
+        epoch = self.epoch
+        for d in decisions:  # the envelope is the shell's
+            d.source, d.epoch = "scorer", epoch
+        self.pending.extend(decisions)
+        wan = sample.wan
+        self._changed[wan] = None
+        alternate = self.alternates.get(wan)
+        if alternate is not None and alternate in self.engine.wans:
+            self._changed[alternate] = None  # its summary is part of this decision
+        return decisions
+
+    def commit(self) -> list[str] | None:
+        """Make the decisions scored since the last commit durable (one state-log record, one
+        fsync), then journal them; returns the WANs that decided, or None when storage failed
+        (the decisions wait in ``pending``, unpublished, and health says why)."""
+        if not self.pending:
+            return []
+        engine = self.engine
         try:
-            write_atomic(self.state_path, msgspec.msgpack.encode(
-                PersistedState(engine=self.engine.export(), recent=recent[-max(RECENT, len(lines)):])))
-            self.dirty = False
-            self.journal.append_decisions(pending)
+            unrecorded = self.pending[self._recorded:]
+            if unrecorded:
+                rejected, counters = engine.totals()
+                self.store.append([engine.wans[name] for name in self._changed], engine.next_seq,
+                                  rejected, counters, [to_json(d) for d in unrecorded])
+                self._recorded = len(self.pending)
+                self.tallies["state_records"] += 1
+            self.journal.append_decisions(self.pending)
         except OSError as error:
             self._storage_failed(error)
-            return []
-        self.uncommitted = []
+            return None
+        self.pending, self._recorded = [], 0
+        changed, self._changed = list(self._changed), {}
         self.storage_error = None
-        return pending
+        self.tallies["commits"] += 1
+        if self.store.wants_compaction():
+            self.persist()
+        return changed
+
+    def on_telemetry(self, sample: Telemetry) -> list[Decision]:
+        """Score one sample; decisions come back committed and journaled ([] while storage fails)."""
+        decisions = self.score(sample)
+        if decisions and self.commit() is None:
+            return []
+        return decisions
 
     def _storage_failed(self, error: OSError) -> None:
         self.tallies["commit_errors"] += 1
@@ -167,7 +222,7 @@ class ScorerCore:
             f"{getattr(error, 'filename', None) or self.state_path}: {error.strerror or error}")
         if reason != self.storage_error:
             log.error("cannot write the scorer's state or journal (%s); %d decisions wait, unpublished, "
-                      "and are written when it can be", reason, len(self.uncommitted))
+                      "and are written when it can be", reason, len(self.pending))
         self.storage_error = reason
 
     def replay(self, request: ReplayRequest) -> ReplayReply:
@@ -191,13 +246,15 @@ class ScorerCore:
         """Storage only (the confidence policy's failures are timed by ``EngineMetrics``)."""
         if self.storage_error is None:
             return {}
-        return {"storage": f"{self.storage_error}; {len(self.uncommitted)} decisions wait, unpublished, "
+        return {"storage": f"{self.storage_error}; {len(self.pending)} decisions wait, unpublished, "
                            f"until they can be written"}
 
     def close(self) -> None:
         try:
+            self.commit()
             self.persist()
         finally:
+            self.store.close()
             self.journal.close()
 
 
@@ -240,9 +297,10 @@ class EngineMetrics:
         active_now = {state.wan: state.flap_penalty_remaining_s is not None for state in states}
         for state in states:
             health.observe_state(state)
-            health.observe_agreement(state.wan, state.desired, policy_states(engine, state.wan, engine.shadows))
-        for wan, w in engine.wans.items():
-            cp = w.confidence_policy
+        for state in states:  # the WANs whose state is published now, not all of them
+            wan = state.wan
+            health.observe_agreement(wan, state.desired, policy_states(engine, wan, engine.shadows))
+            cp = engine.wans[wan].confidence_policy
             self._bring_up(wan, "degrade_resets", cp.degrade_resets, m.timer_resets.labels(wan=wan, timer="degrade"))
             self._bring_up(wan, "recovery_resets", cp.recovery_resets,
                            m.timer_resets.labels(wan=wan, timer="recovery"))
@@ -290,6 +348,43 @@ def _state_key(state: State) -> tuple:
     return (state.desired, state.decision_seq, state.flap_penalty)
 
 
+class StateRefresh:
+    """The re-publication of every WAN's state once per ``interval_s``, spread over it:
+    ``due(now)`` names the WANs whose turn has come (a slice per call), ``next_at`` when
+    the next one comes."""
+
+    def __init__(self, engine: Engine, interval_s: float, now: float) -> None:
+        self.engine = engine
+        self.interval_s = 0.9 * interval_s  # a margin for the loop's own delays
+        self.names: list[str] = []
+        self.cursor = 0
+        self.owed = 0.0
+        self.at = now
+        self.next_at = now
+
+    def due(self, now: float) -> list[str]:
+        wans = self.engine.wans
+        n = len(wans)
+        if n != len(self.names):
+            self.names = list(wans)  # WANs are only ever added, at the end
+        if n == 0:
+            self.at, self.next_at = now, now + self.interval_s
+            return []
+        self.owed = min(self.owed + (now - self.at) * n / self.interval_s, float(n))
+        self.at = now
+        k = int(self.owed)
+        if self.owed - k > 1e-9 or k == 0:
+            k += 1  # round up: every WAN within its interval, never later
+        self.owed -= k
+        names, start = self.names, self.cursor
+        out = names[start:start + k]
+        if len(out) < k:
+            out += names[:k - len(out)]
+        self.cursor = (start + k) % n
+        self.next_at = now + (1.0 - self.owed if self.owed < 1.0 else 0.0) * self.interval_s / n
+        return out
+
+
 def run(cfg: Config) -> int:
     with Stage(cfg, "scorer") as stage:
         stage.health.note("router_binding", bind_to_router(cfg).details())  # before any file is opened
@@ -309,52 +404,67 @@ def run(cfg: Config) -> int:
         state_seq = 0
         published: dict[str, tuple] = {}
         s = cfg.scorer
+        engine = core.engine
         now = time.monotonic()
-        states_due = now
+        refresh = StateRefresh(engine, s.state_interval_s, now)
         persist_due = now + s.persist_interval_s
-        metrics.sync(core, core.engine.states(), now)
+        metrics.sync(core, engine.states(), now)
         poller = zmq.Poller()
         poller.register(sub, zmq.POLLIN)
         poller.register(journal_sock, zmq.POLLIN)
+        decode = stage.decoder.decode
 
-        def publish_states(force: bool) -> None:
+        def publish_states(names, force: bool) -> None:
             nonlocal state_seq
-            states = core.engine.states()
-            for state in states:
+            states = []
+            for name in names:
+                state = engine.state_of(name)
                 key = _state_key(state)
-                if force or published.get(state.wan) != key:
+                if force or published.get(name) != key:
                     state_seq += 1
-                    pub.send(msgspec.structs.replace(state, seq=state_seq, epoch=stage.epoch))
-                    published[state.wan] = key
+                    state.seq, state.epoch = state_seq, stage.epoch
+                    pub.send(state)
+                    published[name] = key
                     counters["states_published"] += 1
                     health.sent("state")
-            metrics.sync(core, states, time.monotonic())
-            notifier.states(states)
+                states.append(state)
+            if states:
+                metrics.sync(core, states, time.monotonic())
+                notifier.states(states)
 
-        def publish_decisions(decisions: list[Decision]) -> None:
+        def publish_decisions(decisions: list[Decision], changed: list[str]) -> None:
             for decision in decisions:
                 pub.send(decision)
                 counters["decisions_published"] += 1
                 metrics.decided(decision)
                 notifier.decision(decision)
                 health.sent("decision")
-            if decisions:
-                publish_states(force=False)
+            publish_states(changed, force=False)
+
+        def commit_and_publish() -> None:
+            decisions = core.pending
+            changed = core.commit()
+            if changed is not None:  # durable now; on a storage failure they wait
+                publish_decisions(decisions, changed)
 
         while not stage.stopping:
             now = time.monotonic()
-            timeout = min(states_due, persist_due, stage.beats.due) - now
+            timeout = min(refresh.next_at, persist_due, stage.beats.due) - now
             events = dict(poller.poll(max(0, min(100, int(timeout * 1000) + 1))))
             if sub in events:
+                # Group commit: score what the socket holds now, make it durable
+                # with one record, and only then publish.
                 received = 0
                 for frames in sockets.pending_frames(sub):
-                    message = stage.decoder.decode(frames)
-                    if not isinstance(message, Telemetry):
+                    message = decode(frames)
+                    if message.__class__ is not Telemetry:
                         continue
                     received += 1
-                    publish_decisions(core.on_telemetry(message))
+                    core.score(message)
                 if received:
                     health.saw("telemetry", received)
+                if core.pending and core.storage_error is None:
+                    commit_and_publish()  # waiting ones are retried every persist_interval_s
             if journal_sock in events:
                 for frames in sockets.pending_frames(journal_sock):
                     try:
@@ -368,12 +478,13 @@ def run(cfg: Config) -> int:
                     except zmq.ZMQError:
                         pass  # the requester went away; it will ask again
             now = time.monotonic()
-            if now >= states_due and not core.uncommitted:  # no state ahead of an undurable decision
-                publish_states(force=True)
-                states_due = now + s.state_interval_s
+            if now >= refresh.next_at:
+                names = refresh.due(now)
+                if not core.pending:  # no state ahead of a decision that is not durable yet
+                    publish_states(names, force=True)
             if now >= persist_due:
-                if core.uncommitted:
-                    publish_decisions(core.commit())
+                if core.pending:
+                    commit_and_publish()
                 elif core.dirty:
                     core.persist()
                 persist_due = now + s.persist_interval_s
