@@ -87,9 +87,11 @@ def format_table(report: dict[str, Any]) -> str:
             )
         )
         details = doc.get("details") or {}
-        for wan, rule in (details.get("rules") or {}).items():  # the actuator's: live or dry run, per WAN
-            dry_run = rule.get("dry_run", details.get("dry_run"))
-            mode = "dry run" if dry_run else "live" if dry_run is not None else "?"
+        rules = details.get("rules") or {}
+        modes = details.get("modes") or {}  # the actuator's: live or dry_run, per WAN
+        for wan in list(modes) + [w for w in rules if w not in modes]:
+            rule = rules.get(wan) or {}
+            mode = {"live": "live", "dry_run": "dry run"}.get(modes.get(wan) or rule.get("mode"), "?")
             error = f", error: {rule['error']}" if rule.get("error") else ""
             wan_lines.append(
                 f"  {stage}/{wan}: {mode}, desired {rule.get('desired') or '-'}, observed {rule.get('observed') or '-'},"

@@ -102,12 +102,13 @@ def test_status_shows_live_or_dry_run_per_wan_and_the_actuators_reason():
         "stage": "actuator", "status": "degraded", "uptime_s": 12.0,
         "reasons": {"router": "cannot reach 192.0.2.1:8728: timed out"},
         "counters": {}, "last_message": None,
-        "details": {"dry_run": False, "rules": {
-            "wan1": {"desired": "DEGRADED", "observed": None, "result": "failed", "error": "timed out",
-                     "decision_seq": 7},
-            "wan2": {"desired": "GOOD", "observed": "GOOD", "result": "dry_run", "error": None, "decision_seq": 3,
-                     "dry_run": True}}}}}}
+        "details": {"dry_run": False, "modes": {"wan1": "live", "wan2": "dry_run", "wan3": "live"}, "rules": {
+            "wan1": {"mode": "live", "desired": "DEGRADED", "observed": None, "result": "failed",
+                     "error": "timed out", "decision_seq": 7},
+            "wan2": {"mode": "dry_run", "desired": "GOOD", "observed": "GOOD", "result": "dry_run", "error": None,
+                     "decision_seq": 3}}}}}}
     text = format_table(report)
     assert "router: cannot reach 192.0.2.1:8728: timed out" in text
     assert "actuator/wan1: live, desired DEGRADED, observed -, failed (decision #7), error: timed out" in text
     assert "actuator/wan2: dry run, desired GOOD, observed GOOD, dry_run (decision #3)" in text
+    assert "actuator/wan3: live, desired -, observed -, - (decision #-)" in text  # no actuation yet
