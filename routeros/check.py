@@ -27,6 +27,7 @@ import typer
 from proto.config import Config, ConfigError, Wan, config_or_exit, router_password
 from routeros.link import RouterLink, RouterTrap, RouterUnreachable, clip
 from routeros.names import ADDRESS_LIST, MANGLE, lease_list
+from runtime import cli
 
 PROBE_ADDRESS = "192.0.2.1"  # TEST-NET-1: never a LAN host, so the probe entry steers nothing
 
@@ -163,14 +164,16 @@ def run_checks(cfg: Config, *, read_only: bool = False, out=None) -> list[Check]
     return checks
 
 
-app = typer.Typer(add_completion=False)
+app = cli.app()
 
 
-@app.command(help="Connect to the router with the config and verify what the pipeline needs: login, each WAN's "
+@app.command(cls=cli.Command, help="Connect to the router with the config and verify what the pipeline needs: login, each WAN's "
                   "CAKE queue with max-limit, exactly one mangle rule per rule_comment (requiring its lease list), "
                   "/ping through each WAN's routing table, and that the lease list is writable.  One line per "
                   "check (ok or FAIL and why); exits 1 if any check failed, 2 on a bad config.")
-def command(config: str = typer.Option(None, "--config", help="wanctl.yaml"),
+def command(config: str = typer.Option(None, "--config", metavar="PATH", envvar="WANCTL_CONFIG",
+                                       help="wanctl.yaml [default: $WANCTL_CONFIG]"),
+            version: bool = cli.version_option(),
             read_only: bool = typer.Option(False, "--read-only",
                                            help="skip the lease write probe: nothing is written to the router")
             ) -> None:

@@ -42,6 +42,7 @@ import typer
 
 from proto.config import Config, Wan, config_or_exit
 from routeros.names import lease_list
+from runtime import cli
 
 LATENCY_MARK = "wanctl-latency"
 API_GROUP = "wanctl"
@@ -207,15 +208,17 @@ def api_words(command: SetupCommand) -> list[str]:
     return words
 
 
-app = typer.Typer(add_completion=False)
+app = cli.app()
 
 
-@app.command(help="Print the RouterOS 7 script (.rsc) that sets up the router for the configured WANs: routing "
+@app.command(cls=cli.Command, help="Print the RouterOS 7 script (.rsc) that sets up the router for the configured WANs: routing "
                   "tables, the latency-sensitive classifier and each WAN's steering rule (disabled, with its "
                   "rule_comment and lease list), the API group and user, and /ip service api-ssl.  Fill in the "
                   "CHANGE-ME values, then /import it.  Exits 2 on a bad config.")
-def command(config: str = typer.Option(None, "--config", help="wanctl.yaml"),
-            wanctl_host: Optional[str] = typer.Option(None, "--wanctl-host",
+def command(config: str = typer.Option(None, "--config", metavar="PATH", envvar="WANCTL_CONFIG",
+                                       help="wanctl.yaml [default: $WANCTL_CONFIG]"),
+            version: bool = cli.version_option(),
+            wanctl_host: Optional[str] = typer.Option(None, "--wanctl-host", metavar="ADDRESS",
                                                       help="address of the host wanctl runs on: the API user and "
                                                            "service accept only it [default: a placeholder]")) -> None:
     cfg = config_or_exit("wanctl-routeros-setup", config)
