@@ -128,6 +128,11 @@ class Scorer(Section):
     policy: PolicyName = "quality"
     shadow: bool | list[PolicyName] = True
     max_gap_s: Positive = 5.0
+    # Edge checks (docs/scoring.md, validation): a sample whose t jumps further
+    # ahead of its stream's last t is rejected as implausible_t; without a `wans`
+    # list at most max_wans WANs are kept (with `wans`, only those are scored).
+    max_t_jump_s: Positive = 86400.0
+    max_wans: Annotated[int, msgspec.Meta(ge=1, le=65536)] = 1024
     assess: Assess = msgspec.field(default_factory=Assess)
     confidence: Confidence = msgspec.field(default_factory=Confidence)
     recovery: Recovery = msgspec.field(default_factory=Recovery)
@@ -516,15 +521,17 @@ class _Loader(yaml.SafeLoader):
 
 def _yaml_load(text: str, where: str) -> Any:
     """Parse one YAML document with ``_Loader``; any problem is a ConfigError."""
-    loader = _Loader(text)
+    loader = None
     try:
+        loader = _Loader(text)
         return loader.get_single_data()
     except yaml.YAMLError as error:
         raise ConfigError([f"{where}: not valid YAML: {_yaml_problem(error)}"]) from None
     except (RecursionError, MemoryError, ValueError, TypeError, OverflowError) as error:
         raise ConfigError([f"{where}: not valid YAML: {type(error).__name__}: {error}"]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _yaml_problem(error: yaml.YAMLError) -> str:
@@ -786,10 +793,10 @@ def check_tls_ca(cfg: Config) -> None:
         ssl.create_default_context(cadata=text)
     except UnicodeDecodeError:
         raise ConfigError([f"router.tls_ca: {shown} is not a PEM CA bundle (not ASCII text)"]) from None
+    except ssl.SSLError as error:  # before OSError, its base
+        raise ConfigError([f"router.tls_ca: {shown} is not a PEM CA bundle: {error.reason or error}"]) from None
     except (OSError, ValueError, RuntimeError) as error:
         raise ConfigError([f"router.tls_ca: cannot read {shown}: {_os_reason(error)}"]) from None
-    except ssl.SSLError as error:
-        raise ConfigError([f"router.tls_ca: {shown} is not a PEM CA bundle: {error.reason or error}"]) from None
     if "-----BEGIN CERTIFICATE-----" not in text:
         raise ConfigError([f"router.tls_ca: {shown} is not a PEM CA bundle: no certificate in it"])
 
