@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ import msgspec
 import zmq
 
 from proto.config import (
-    Config, ConfigError, check_tls_ca, config_or_exit, read_small_file, resolve_path, router_password,
+    MAX_CA_BYTES, Config, ConfigError, config_or_exit, read_small_file, resolve_path, router_password,
 )
 from proto.messages import KINDS, SCHEMA_VERSION, Message, from_msgpack, to_msgpack, topic
 
@@ -56,6 +57,9 @@ def endpoint(cfg: Config, raw: str) -> str:
             ])
         return "ipc://" + path
     if raw.startswith("tcp://"):
+        host, sep, port = raw[len("tcp://"):].rpartition(":")
+        if not sep or not host or "/" in host or not (port == "*" or (port.isdigit() and 0 < int(port) < 65536)):
+            raise ConfigError([f"bus: tcp endpoint must look like tcp://HOST:PORT (port 1-65535), got {raw[:100]!r}"])
         return raw
     raise ConfigError([f"bus: endpoint must start with ipc:// or tcp://, got {raw!r}"])
 
@@ -114,6 +118,12 @@ def check_bus(cfg: Config, role: str | None = None) -> None:
             run_dir = resolve_path(cfg, cfg.bus.run_dir)
             if parent != run_dir and not parent.is_dir():
                 problems.append(f"bus.{name}: the directory of the ipc socket does not exist: {parent}")
+    run_dir = resolve_path(cfg, cfg.bus.run_dir)
+    existing = run_dir
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        problems.append(f"bus.run_dir: cannot create or use {run_dir} ({existing} is not a writable directory)")
     if uses_tcp(cfg) and not cfg.bus.keys_dir:
         problems.append(
             "bus.keys_dir: required when an endpoint is tcp:// (CURVE authentication); "
@@ -462,6 +472,35 @@ class FrameDecoder:
             if raw.get("kind") not in KINDS:
                 return "unknown_kind"
         return "malformed"
+
+
+def _shown(value: str, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _reason(error: BaseException) -> str:
+    return (error.strerror if isinstance(error, OSError) else None) or str(error) or type(error).__name__
+
+
+def check_tls_ca(cfg: Config) -> None:
+    """Raise ConfigError unless ``router.tls_ca`` (when TLS uses it) is a readable CA bundle."""
+    r = cfg.router
+    if not (r.tls and r.tls_ca):
+        return
+    shown = _shown(r.tls_ca)
+    try:
+        data = read_small_file(resolve_path(cfg, r.tls_ca), MAX_CA_BYTES)
+        text = data.decode("ascii")
+        ssl.create_default_context(cadata=text)
+    except UnicodeDecodeError:
+        raise ConfigError([f"router.tls_ca: {shown} is not a PEM CA bundle (not ASCII text)"]) from None
+    except ssl.SSLError as error:  # before OSError, its base
+        raise ConfigError([f"router.tls_ca: {shown} is not a PEM CA bundle: {error.reason or error}"]) from None
+    except (OSError, ValueError, RuntimeError) as error:
+        raise ConfigError([f"router.tls_ca: cannot read {shown}: {_reason(error)}"]) from None
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        raise ConfigError([f"router.tls_ca: {shown} is not a PEM CA bundle: no certificate in it"])
 
 
 def load_stage_config(path: str | None, stage: str, *, needs_router: bool = False) -> Config:

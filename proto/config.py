@@ -9,6 +9,7 @@ Stage entry points catch it and exit with status 2 before opening any socket.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import stat
@@ -545,7 +546,7 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
 
 def _check_tree(raw: Any) -> None:
     """Raise ConfigError unless ``raw`` is a tree a config can be: string keys,
-    strings UTF-8 can encode, at most ``MAX_DEPTH`` deep and ``MAX_NODES``
+    strings UTF-8 can encode, finite numbers, at most ``MAX_DEPTH`` deep and ``MAX_NODES``
     values counting each alias use again (so an alias bomb stops here)."""
     stack: list[tuple[Any, str, int]] = [(raw, "", 0)]
     nodes = 0
@@ -558,6 +559,8 @@ def _check_tree(raw: Any) -> None:
             raise ConfigError([f"{path or '(top level)'}: must be nested at most {MAX_DEPTH} levels deep"])
         if isinstance(value, str):
             _check_text(value, path or "(top level)")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError([f"{path or '(top level)'}: must be a finite number, got {value!r}"])
         elif isinstance(value, dict):
             for key, child in value.items():
                 if not isinstance(key, str):
@@ -777,28 +780,6 @@ def router_password(cfg: Config) -> str:
         )
     raise ConfigError(["router.password_env: no router password: name a variable in router.password_env "
                        "or a file in router.password_file"])
-
-
-def check_tls_ca(cfg: Config) -> None:
-    """Raise ConfigError unless ``router.tls_ca`` (when TLS uses it) is a readable CA bundle."""
-    r = cfg.router
-    if not (r.tls and r.tls_ca):
-        return
-    import ssl
-
-    shown = _value_text(r.tls_ca)
-    try:
-        data = read_small_file(resolve_path(cfg, r.tls_ca), MAX_CA_BYTES)
-        text = data.decode("ascii")
-        ssl.create_default_context(cadata=text)
-    except UnicodeDecodeError:
-        raise ConfigError([f"router.tls_ca: {shown} is not a PEM CA bundle (not ASCII text)"]) from None
-    except ssl.SSLError as error:  # before OSError, its base
-        raise ConfigError([f"router.tls_ca: {shown} is not a PEM CA bundle: {error.reason or error}"]) from None
-    except (OSError, ValueError, RuntimeError) as error:
-        raise ConfigError([f"router.tls_ca: cannot read {shown}: {_os_reason(error)}"]) from None
-    if "-----BEGIN CERTIFICATE-----" not in text:
-        raise ConfigError([f"router.tls_ca: {shown} is not a PEM CA bundle: no certificate in it"])
 
 
 def is_loopback_host(host: str) -> bool:

@@ -52,6 +52,7 @@ def idle(seq: int, t: float, wan: str = "wan1") -> Telemetry:
 
 
 INSTANT = {  # every congested sample enables, every idle one disables
+    "policy": "confidence",
     "shadow": False,
     "confidence": {"sustain_s": 0, "recovery_sustain_s": 0, "hold_down_s": 0},
     "flap": {"enabled": False},

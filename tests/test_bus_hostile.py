@@ -148,9 +148,17 @@ def test_a_stage_host_needs_only_its_own_secret_and_the_bus_needs_the_allow_list
         bus.check_bus(broken, "scorer")
 
 
-def test_ipc_endpoint_in_a_missing_directory_is_a_config_error(tmp_path):
+def test_endpoints_and_run_dir_a_stage_could_not_bind_are_config_errors(tmp_path):
     cfg = load(write_config(tmp_path, {"bus": {"publish": f"ipc://{tmp_path}/nowhere/pub.sock"}}))
     with pytest.raises(ConfigError, match=r"bus.publish: the directory of the ipc socket does not exist"):
+        bus.check_bus(cfg, "bus")
+    for bad in ("tcp://127.0.0.1:99999", "tcp://127.0.0.1", "tcp://:5", "tcp://a/b:5"):
+        cfg = load(write_config(tmp_path, {"bus": {"subscribe": bad, "keys_dir": None}}))
+        with pytest.raises(ConfigError, match=r"bus.subscribe: tcp endpoint must look like tcp://HOST:PORT"):
+            bus.check_bus(cfg, "bus")
+    (tmp_path / "afile").write_text("")
+    cfg = load(write_config(tmp_path, {"bus": {"run_dir": str(tmp_path / "afile" / "run")}}))
+    with pytest.raises(ConfigError, match=r"bus.run_dir: cannot create or use"):
         bus.check_bus(cfg, "bus")
 
 

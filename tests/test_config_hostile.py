@@ -15,8 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proto.config import (
-    MAX_PROBLEM_CHARS, Config, ConfigError, check_tls_ca, load_config, parse_config, router_password,
+    MAX_PROBLEM_CHARS, Config, ConfigError, load_config, parse_config, router_password,
 )
+from bus.sockets import check_tls_ca
 
 BIN = Path(sys.executable).parent
 
@@ -96,6 +97,8 @@ def test_unreadable_kinds_of_file_never_block(tmp_path):
     ("scorer:\n  state_path: ''\n", "scorer.state_path: must be a non-empty path, got ''"),
     ("bus:\n  linger_ms: 2147483648\n", "bus.linger_ms: must be <= 5000, got 2147483648"),
     ("bus:\n  linger_ms: 5001\n", "bus.linger_ms: must be <= 5000, got 5001"),
+    ("bus:\n  heartbeat_s: .inf\n", "bus.heartbeat_s: must be a finite number, got inf"),
+    ("scorer:\n  max_gap_s: .nan\n", "scorer.max_gap_s: must be a finite number, got nan"),
 ])
 def test_unusable_paths_and_values(tmp_path, doc, expected):
     assert problems_of(write(tmp_path, doc)) == [expected]
