@@ -200,3 +200,32 @@ def test_allowed_host_gets_messages_and_an_unlisted_one_gets_none_and_is_counted
     bus_stage.stop()
     lines = [line for line in bus_stage.output().splitlines() if "CURVE: refused" in line]
     assert len(lines) == 1 and "WARNING" in lines[0], bus_stage.output()[-2000:]  # rate-limited: one line
+
+
+def test_the_allow_list_follows_its_directory_and_logs_rejections_rate_limited(tmp_path, caplog):
+    keys = tmp_path / "keys"
+    bus_keys.make_keys(keys)
+    now = [100.0]
+    allow = bus.ClientAllowList(keys / "authorized", clock=lambda: now[0])
+    allow.reload()
+    edge = bus_keys.make_host_keys(keys, "edge-1")
+    edge_key = zmq.auth.load_certificate(str(edge / "client.key"))[0]
+    home_key = zmq.auth.load_certificate(str(keys / "client.key"))[0]
+    assert allow.callback("*", home_key)
+    now[0] += 1.5  # the directory changed: read again on the next connection a second on
+    assert allow.callback("*", edge_key)
+    bus_keys.revoke_host(keys, "edge-1")
+    now[0] += 1.5
+    with caplog.at_level("WARNING", logger="wanctl.bus"):
+        for _ in range(50):
+            assert not allow.callback("*", edge_key)
+        now[0] += 61
+        assert not allow.callback("*", edge_key)
+    lines = [r for r in caplog.records if "CURVE: refused" in r.getMessage()]
+    assert [r.levelname for r in lines] == ["WARNING", "WARNING"]
+    assert "refused 1 client" in lines[0].getMessage() and "refused 50 client" in lines[1].getMessage()
+    assert allow.counters == {"curve_clients_allowed": 2, "curve_clients_rejected": 51, "curve_allow_list_errors": 0}
+    # A junk file dropped into the list later keeps the last good list (and says so).
+    (keys / "authorized" / "junk.key").write_bytes(b"\xff")
+    now[0] += 1.5
+    assert allow.callback("*", home_key) and allow.counters["curve_allow_list_errors"] == 1

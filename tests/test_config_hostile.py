@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from proto.config import (
     MAX_PROBLEM_CHARS, Config, ConfigError, load_config, parse_config, router_password,
 )
-from bus.sockets import check_tls_ca
+from bus.sockets import check_bus, check_tls_ca
 
 BIN = Path(sys.executable).parent
 
@@ -225,6 +225,13 @@ def _check(tmp_path: Path, data: bytes) -> None:
             line.encode("utf-8")
     else:
         assert isinstance(cfg, Config)
+        checks = [lambda: check_bus(cfg, "bus"), lambda: check_bus(cfg, "scorer"), lambda: check_bus(cfg, "tap"),
+                  lambda: router_password(cfg), lambda: check_tls_ca(cfg)]
+        for check in checks:  # what the stages check next, before any socket or router connection
+            try:
+                check()
+            except ConfigError as error:
+                assert all(len(line) <= MAX_PROBLEM_CHARS for line in error.problems)
 
 
 _FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
@@ -247,3 +254,19 @@ def test_fuzz_yaml_documents_give_a_config_or_a_config_error(tmp_path, tree):
 ))
 def test_fuzz_bytes_give_a_config_or_a_config_error(tmp_path, data):
     _check(tmp_path, data)
+
+
+_hostile_paths = st.one_of(
+    st.sampled_from(["", "~nouser-x/y", "/dev/zero", "/dev/null", "/proc/self", "/", ".", "..", "a\0b", "\ud800",
+                     "ipc://", "ipc:///nonexistent-dir/x.sock", "ipc://x.sock", "tcp://", "tcp://127.0.0.1:0",
+                     "tcp://127.0.0.1:70000", "tcp://*:5555", "tcp://[::1]:5", "x" * 300, "var/run", "/tmp"]),
+    st.text(max_size=30),
+)
+
+
+@_FUZZ
+@given(bus=st.dictionaries(st.sampled_from(["run_dir", "publish", "subscribe", "journal", "keys_dir", "clients_dir"]),
+                           _hostile_paths, max_size=6),
+       router=st.dictionaries(st.sampled_from(["password_file", "tls_ca", "host"]), _hostile_paths, max_size=3))
+def test_fuzz_bus_and_router_paths_give_a_config_or_a_config_error(tmp_path, bus, router):
+    _check(tmp_path, _document({"bus": bus, "router": {**router, "tls": True}}))
