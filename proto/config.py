@@ -422,7 +422,7 @@ def _cross_field_problems(cfg: Config) -> list[str]:
     return problems
 
 
-# Paths in a config: (key path, getter, what the path must be).
+# Paths in a config: (key path, value, what the path must be).
 _FILE, _DIR = "file", "directory"
 
 
@@ -463,7 +463,7 @@ def _path_problems(cfg: Config) -> list[str]:
 
 
 def _filesystem_problems(cfg: Config) -> list[str]:
-    """Paths that exist as the wrong kind of thing (a directory where a file is expected)."""
+    """Paths that exist as the wrong kind of thing (a directory or a device where a file is expected)."""
     problems = []
     for key, value, kind in _config_paths(cfg):
         if value is None:
@@ -481,6 +481,8 @@ def _filesystem_problems(cfg: Config) -> list[str]:
             continue
         if kind == _FILE and stat.S_ISDIR(info.st_mode):
             problems.append(f"{key}: must be a file, got the directory {_value_text(value)}")
+        elif kind == _FILE and not stat.S_ISREG(info.st_mode):
+            problems.append(f"{key}: must be a regular file, got {_value_text(value)} (a device, FIFO or socket)")
         elif kind == _DIR and not stat.S_ISDIR(info.st_mode):
             problems.append(f"{key}: must be a directory, got {_value_text(value)} which is not one")
     return problems

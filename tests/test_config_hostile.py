@@ -113,6 +113,8 @@ def test_directory_where_a_file_is_expected_and_back(tmp_path):
         "bus.run_dir: must be a directory, got 'afile' which is not one"]
     assert problems_of(write(tmp_path, "scorer:\n  journal_path: afile/j.jsonl\n")) == [
         "scorer.journal_path: a parent of 'afile/j.jsonl' is not a directory"]
+    assert problems_of(write(tmp_path, "logger:\n  path: /dev/zero\n")) == [
+        "logger.path: must be a regular file, got '/dev/zero' (a device, FIFO or socket)"]
 
 
 def test_huge_values_are_bounded_in_messages(tmp_path):
