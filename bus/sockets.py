@@ -82,9 +82,9 @@ def _key_problem(path: Path, secret: bool) -> str | None:
         public, secret_key = zmq.auth.load_certificate(str(path))
     except FileNotFoundError:
         return "missing"
-    except (OSError, ValueError, RuntimeError) as error:
-        return f"unreadable ({getattr(error, 'strerror', None) or error})"
-    except Exception as error:  # noqa: BLE001 - zmq.auth raises bare errors on junk files
+    except OSError as error:
+        return f"unreadable ({error.strerror or error})"
+    except Exception as error:  # noqa: BLE001 - zmq.auth raises ValueError and others on junk files
         return f"not a CURVE certificate ({str(error)[:80]})"
     if secret and not secret_key:
         return "holds no secret key"

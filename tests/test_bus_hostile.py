@@ -229,3 +229,18 @@ def test_the_allow_list_follows_its_directory_and_logs_rejections_rate_limited(t
     (keys / "authorized" / "junk.key").write_bytes(b"\xff")
     now[0] += 1.5
     assert allow.callback("*", home_key) and allow.counters["curve_allow_list_errors"] == 1
+
+
+def test_keys_dir_with_ipc_endpoints_and_junk_keys_exits_2_before_any_socket(tmp_path):
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    for name in ("server.key", "server.key_secret", "client.key_secret"):
+        (keys / name).write_bytes(b"not a certificate\xff")
+    (keys / "authorized").mkdir()
+    config = write_config(tmp_path, {"bus": {"keys_dir": str(keys)}, "health": {"scorer": 0, "bus": 0}})
+    for script in ("wanctl-bus", "wanctl-scorer"):
+        result = subprocess.run([str(BIN / script), "--config", str(config)], capture_output=True, text=True,
+                                timeout=30)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert f"{script}: config error: bus.keys_dir: server.key in {keys}: not a CURVE certificate" in result.stderr
+    assert not (tmp_path / "run").exists()  # no socket, not even the run directory
