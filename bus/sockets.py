@@ -8,14 +8,17 @@ that connects, so a subscriber knows its connection is up without sleeping.
 
 ``ipc://`` endpoints live in ``bus.run_dir`` (created with mode 0700).
 ``tcp://`` endpoints require CURVE: the proxy (and the scorer's journal
-socket) are CURVE servers that only accept the client keys listed in
-``<keys_dir>/authorized``; ``wanctl-keys`` makes them.
+socket) are CURVE servers that only accept the client public keys in the
+allow-list directory (``bus.clients_dir``, default ``<keys_dir>/authorized``),
+one per host; a host holds only its own client secret and the server's
+public key.  ``wanctl-keys`` makes them.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +26,9 @@ from pathlib import Path
 import msgspec
 import zmq
 
-from proto.config import Config, ConfigError, config_or_exit, resolve_path, router_password
+from proto.config import (
+    MAX_CA_BYTES, Config, ConfigError, config_or_exit, read_small_file, resolve_path, router_password,
+)
 from proto.messages import KINDS, SCHEMA_VERSION, Message, from_msgpack, to_msgpack, topic
 
 log = logging.getLogger("wanctl.bus")
@@ -52,6 +57,9 @@ def endpoint(cfg: Config, raw: str) -> str:
             ])
         return "ipc://" + path
     if raw.startswith("tcp://"):
+        host, sep, port = raw[len("tcp://"):].rpartition(":")
+        if not sep or not host or "/" in host or not (port == "*" or (port.isdigit() and 0 < int(port) < 65536)):
+            raise ConfigError([f"bus: tcp endpoint must look like tcp://HOST:PORT (port 1-65535), got {raw[:100]!r}"])
         return raw
     raise ConfigError([f"bus: endpoint must start with ipc:// or tcp://, got {raw!r}"])
 
@@ -61,25 +69,93 @@ def uses_tcp(cfg: Config) -> bool:
     return any(e.startswith("tcp://") for e in (b.publish, b.subscribe, b.journal))
 
 
-def check_bus(cfg: Config) -> None:
-    """Raise ConfigError for a bus section a stage cannot run with (before any socket)."""
+SERVER_ROLES = frozenset({"bus", "scorer"})  # they bind: the proxy's two sides, the scorer's journal socket
+CLIENT_ROLES_EXCLUDED = frozenset({"bus"})  # the proxy connects to nothing
+
+
+def _key_problem(path: Path, secret: bool) -> str | None:
+    """Why ``path`` is not a usable CURVE certificate (None when it is)."""
+    import zmq.auth
+
+    try:
+        read_small_file(path, 64 * 1024)
+        public, secret_key = zmq.auth.load_certificate(str(path))
+    except FileNotFoundError:
+        return "missing"
+    except OSError as error:
+        return f"unreadable ({error.strerror or error})"
+    except Exception as error:  # noqa: BLE001 - zmq.auth raises ValueError and others on junk files
+        return f"not a CURVE certificate ({str(error)[:80]})"
+    if secret and not secret_key:
+        return "holds no secret key"
+    return None
+
+
+def clients_dir(cfg: Config) -> Path:
+    """The allow-list of client public keys the CURVE servers accept."""
+    if cfg.bus.clients_dir:
+        return resolve_path(cfg, cfg.bus.clients_dir)
+    return _keys_dir(cfg) / AUTHORIZED_DIR
+
+
+def check_bus(cfg: Config, role: str | None = None) -> None:
+    """Raise ConfigError for a bus section a stage cannot run with (before any socket).
+
+    With ``bus.keys_dir`` set (required for tcp://), every stage needs the
+    server's public key; a stage that binds (``SERVER_ROLES``) needs the server
+    secret and a non-empty allow-list of client public keys, and a stage that
+    connects needs its host's client secret.  ``role=None`` checks for both.
+    """
     problems = []
     for name in ("publish", "subscribe", "journal"):
         try:
-            endpoint(cfg, getattr(cfg.bus, name))
+            addr = endpoint(cfg, getattr(cfg.bus, name))
         except ConfigError as error:
             problems += [p.replace("bus:", f"bus.{name}:", 1) for p in error.problems]
-    if uses_tcp(cfg):
-        if not cfg.bus.keys_dir:
-            problems.append(
-                "bus.keys_dir: required when an endpoint is tcp:// (CURVE authentication); "
-                "make keys with `wanctl-keys DIR`, got null"
-            )
+            continue
+        if addr.startswith("ipc://"):
+            parent = Path(addr[len("ipc://"):]).parent
+            run_dir = resolve_path(cfg, cfg.bus.run_dir)
+            if parent != run_dir and not parent.is_dir():
+                problems.append(f"bus.{name}: the directory of the ipc socket does not exist: {parent}")
+    run_dir = resolve_path(cfg, cfg.bus.run_dir)
+    existing = run_dir
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        problems.append(f"bus.run_dir: cannot create or use {run_dir} ({existing} is not a writable directory)")
+    if uses_tcp(cfg) and not cfg.bus.keys_dir:
+        problems.append(
+            "bus.keys_dir: required when an endpoint is tcp:// (CURVE authentication); "
+            "make keys with `wanctl-keys DIR`, got null"
+        )
+    elif cfg.bus.keys_dir:
+        keys = _keys_dir(cfg)
+        if not keys.is_dir():
+            problems.append(f"bus.keys_dir: not a directory: {keys} (run `wanctl-keys {keys}`)")
         else:
-            keys = resolve_path(cfg, cfg.bus.keys_dir)
-            for name in (f"{SERVER_KEY}.key", f"{CLIENT_KEY}.key_secret"):
-                if not (keys / name).is_file():
+            wanted = [(f"{SERVER_KEY}.key", False)]
+            if role is None or role in SERVER_ROLES:
+                wanted.append((f"{SERVER_KEY}.key_secret", True))
+            if role is None or role not in CLIENT_ROLES_EXCLUDED:
+                wanted.append((f"{CLIENT_KEY}.key_secret", True))
+            for name, secret in wanted:
+                why = _key_problem(keys / name, secret)
+                if why == "missing":
                     problems.append(f"bus.keys_dir: missing {name} in {keys} (run `wanctl-keys {keys}`)")
+                elif why:
+                    problems.append(f"bus.keys_dir: {name} in {keys}: {why}")
+            if role is None or role in SERVER_ROLES:
+                allowed = clients_dir(cfg)
+                key = "bus.clients_dir" if cfg.bus.clients_dir else "bus.keys_dir"
+                if not allowed.is_dir():
+                    problems.append(f"{key}: the allow-list of client keys {allowed} is not a directory "
+                                    f"(run `wanctl-keys {keys}`)")
+                else:
+                    try:
+                        ClientAllowList(allowed).reload()
+                    except ConfigError as error:
+                        problems += [f"{key}: {p}" for p in error.problems]
     if problems:
         raise ConfigError(problems)
 
@@ -119,15 +195,106 @@ def _keys_dir(cfg: Config) -> Path:
     return resolve_path(cfg, cfg.bus.keys_dir)
 
 
-def start_authenticator(ctx: zmq.Context, cfg: Config):
-    """A ZAP authenticator that accepts only the authorized client keys (None without CURVE)."""
-    if not _curve_enabled(cfg):
+REJECT_LOG_INTERVAL_S = 60.0  # at most one WARNING per this many seconds about rejected clients
+
+
+class ClientAllowList:
+    """The CURVE client public keys a server accepts: every ``*.key`` in a
+    directory (``wanctl-keys DIR --host NAME`` adds one, deleting it revokes
+    that host).  The directory is re-read when it changes, at most once a
+    second.  A rejected client is counted and logged at WARNING, at most once
+    per ``REJECT_LOG_INTERVAL_S`` (with the count since the last line)."""
+
+    def __init__(self, directory: Path, clock=time.monotonic) -> None:
+        self.directory = directory
+        self.clock = clock
+        self.keys: dict[bytes, str] = {}
+        self.counters = {"curve_clients_allowed": 0, "curve_clients_rejected": 0, "curve_allow_list_errors": 0}
+        self._stamp: tuple | None = None
+        self._checked = float("-inf")
+        self._last_log = float("-inf")
+        self._unlogged = 0
+
+    def reload(self) -> None:
+        """Read the allow-list; ConfigError when it is unusable (no key, a bad key file)."""
+        import zmq.auth
+
+        keys: dict[bytes, str] = {}
+        problems = []
+        for path in sorted(self.directory.glob("*.key")):
+            try:
+                read_small_file(path, 64 * 1024)
+                public, _ = zmq.auth.load_certificate(str(path))
+            except Exception as error:  # noqa: BLE001 - zmq.auth raises bare errors on junk files
+                problems.append(f"{path.name} in {self.directory} is not a CURVE public key "
+                                f"({str(getattr(error, 'strerror', None) or error)[:80]})")
+                continue
+            keys[public] = path.stem
+        if problems:
+            raise ConfigError(problems)
+        if not keys:
+            raise ConfigError([f"no client public key (*.key) in {self.directory}: no client could connect "
+                               "(add one with `wanctl-keys DIR --host NAME`)"])
+        self.keys = keys
+        self._stamp = self._dir_stamp()
+
+    def _dir_stamp(self) -> tuple | None:
+        try:
+            info = self.directory.stat()
+        except OSError:
+            return None
+        return (info.st_mtime_ns, info.st_ino)
+
+    def _maybe_reload(self) -> None:
+        now = self.clock()
+        if now - self._checked < 1.0:
+            return
+        self._checked = now
+        if self._dir_stamp() != self._stamp:
+            try:
+                self.reload()
+            except ConfigError as error:  # keep the last good list
+                self.counters["curve_allow_list_errors"] += 1
+                log.error("CURVE allow-list %s: %s; keeping the %d keys read before",
+                          self.directory, "; ".join(error.problems), len(self.keys))
+                self._stamp = self._dir_stamp()
+
+    def callback(self, domain: str, client_key: bytes) -> bool:
+        """The ZAP check (``client_key`` in Z85): True for an allow-listed key."""
+        self._maybe_reload()
+        if client_key in self.keys:
+            self.counters["curve_clients_allowed"] += 1
+            return True
+        self.counters["curve_clients_rejected"] += 1
+        self._unlogged += 1
+        now = self.clock()
+        if now - self._last_log >= REJECT_LOG_INTERVAL_S:
+            log.warning("CURVE: refused %d client connection(s) with a key not in %s (last key %s); "
+                        "at most one such line per %.0f s", self._unlogged, self.directory,
+                        client_key[:40].decode("ascii", "replace"), REJECT_LOG_INTERVAL_S)
+            self._last_log = now
+            self._unlogged = 0
+        return False
+
+
+def start_authenticator(ctx: zmq.Context, cfg: Config, role: str | None = None):
+    """A ZAP authenticator that accepts only the allow-listed client keys, for a
+    stage that binds (None without CURVE, or for a stage that only connects).
+    Its ``counters`` are the allow-list's."""
+    if not _curve_enabled(cfg) or (role is not None and role not in SERVER_ROLES):
         return None
     from zmq.auth.thread import ThreadAuthenticator
 
+    allow = ClientAllowList(clients_dir(cfg))
+    try:
+        allow.reload()
+    except ConfigError:
+        pass  # checked at start-up; a list emptied since refuses every client until fixed
     auth = ThreadAuthenticator(ctx, log=logging.getLogger("wanctl.auth"))
     auth.start()
-    auth.configure_curve(domain="*", location=str(_keys_dir(cfg) / AUTHORIZED_DIR))
+    auth.configure_curve_callback(domain="*", credentials_provider=allow)
+    auth.counters = allow.counters
+    auth.allow_list = allow
     return auth
 
 
@@ -323,6 +490,35 @@ class FrameDecoder:
         return "malformed"
 
 
+def _shown(value: str, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _reason(error: BaseException) -> str:
+    return (error.strerror if isinstance(error, OSError) else None) or str(error) or type(error).__name__
+
+
+def check_tls_ca(cfg: Config) -> None:
+    """Raise ConfigError unless ``router.tls_ca`` (when TLS uses it) is a readable CA bundle."""
+    r = cfg.router
+    if not (r.tls and r.tls_ca):
+        return
+    shown = _shown(r.tls_ca)
+    try:
+        data = read_small_file(resolve_path(cfg, r.tls_ca), MAX_CA_BYTES)
+        text = data.decode("ascii")
+        ssl.create_default_context(cadata=text)
+    except UnicodeDecodeError:
+        raise ConfigError([f"router.tls_ca: {shown} is not a PEM CA bundle (not ASCII text)"]) from None
+    except ssl.SSLError as error:  # before OSError, its base
+        raise ConfigError([f"router.tls_ca: {shown} is not a PEM CA bundle: {error.reason or error}"]) from None
+    except (OSError, ValueError, RuntimeError) as error:
+        raise ConfigError([f"router.tls_ca: cannot read {shown}: {_reason(error)}"]) from None
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        raise ConfigError([f"router.tls_ca: {shown} is not a PEM CA bundle: no certificate in it"])
+
+
 def load_stage_config(path: str | None, stage: str, *, needs_router: bool = False) -> Config:
     """Load and check the config, or print the problems and exit 2 (before any socket).
 
@@ -330,10 +526,11 @@ def load_stage_config(path: str | None, stage: str, *, needs_router: bool = Fals
     WAN and a readable router password.
     """
     def check(cfg: Config) -> None:
-        check_bus(cfg)
+        check_bus(cfg, stage)
         if needs_router:
             if not cfg.wans:
                 raise ConfigError([f"wans: the {stage} needs at least one WAN, got []"])
             router_password(cfg)
+            check_tls_ca(cfg)
 
     return config_or_exit(f"wanctl-{stage}", path, check=check)

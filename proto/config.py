@@ -9,8 +9,10 @@ Stage entry points catch it and exit with status 2 before opening any socket.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
+import stat
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal
@@ -134,6 +136,11 @@ class Scorer(Section):
     policy: PolicyName = "quality"
     shadow: bool | list[PolicyName] = True
     max_gap_s: Positive = 5.0
+    # Edge checks (docs/scoring.md, validation): a sample whose t jumps further
+    # ahead of its stream's last t is rejected as implausible_t; without a `wans`
+    # list at most max_wans WANs are kept (with `wans`, only those are scored).
+    max_t_jump_s: Positive = 86400.0
+    max_wans: Annotated[int, msgspec.Meta(ge=1, le=65536)] = 1024
     assess: Assess = msgspec.field(default_factory=Assess)
     confidence: Confidence = msgspec.field(default_factory=Confidence)
     recovery: Recovery = msgspec.field(default_factory=Recovery)
@@ -162,7 +169,8 @@ class Bus(Section):
     subscribe: str = "ipc://sub.sock"  # subscribers connect here (proxy XPUB side)
     journal: str = "ipc://journal.sock"  # the scorer's ROUTER for replays
     keys_dir: str | None = None
-    linger_ms: Annotated[int, msgspec.Meta(ge=0)] = 100
+    clients_dir: str | None = None  # allow-listed client public keys (default: <keys_dir>/authorized)
+    linger_ms: Annotated[int, msgspec.Meta(ge=0, le=5000)] = 100  # stops never wait longer on unsent frames
     heartbeat_s: Positive = 1.0
 
 
@@ -317,12 +325,23 @@ class Config(Section):
     base_dir: str = "."
 
 
+MAX_PROBLEM_CHARS = 300  # each problem line is cut to this (a config is never echoed whole)
+
+
+def _cap(text: str, limit: int = MAX_PROBLEM_CHARS) -> str:
+    """``text`` on one printable line of at most ``limit`` characters."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    return text if len(text) <= limit else text[: limit - 15] + " ...(truncated)"
+
+
 class ConfigError(Exception):
-    """Invalid configuration; ``str()`` is one line per problem."""
+    """Invalid configuration; ``str()`` is one line per problem, each at most
+    ``MAX_PROBLEM_CHARS`` long and encodable as UTF-8."""
 
     def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("\n".join(problems))
+        self.problems = [_cap(str(p)) for p in problems] or ["(top level): invalid config"]
+        super().__init__("\n".join(self.problems))
 
 
 # --- loading ----------------------------------------------------------------
@@ -334,6 +353,8 @@ _EXPECTED = re.compile(r"^Expected `(?P<type>[^`]+)`(?P<rule>.*?)(?:, got `(?P<g
 
 def _lookup(raw: Any, path: str) -> Any:
     """The raw value at a msgspec path like ``.scorer.wans[0].name``."""
+    if not path:
+        return None
     for key, index in re.findall(r"\.([^.\[]+)|\[(\d+)\]", path):
         try:
             raw = raw[key] if key else raw[int(index)]
@@ -363,7 +384,15 @@ def _describe(error: msgspec.ValidationError, raw: Any) -> str:
         missing = re.search(r"`([^`]+)`", msg)
         key = (path + "." + missing[1]).lstrip(".") if missing else dotted
         return f"{key}: required key is missing"
-    return f"{dotted}: {msg}, got {_lookup(raw, path)!r}"
+    return f"{dotted}: {msg}, got {_value_text(_lookup(raw, path))}"
+
+
+def _value_text(value: Any, limit: int = 80) -> str:
+    """A bounded ``repr`` of a config value for an error message."""
+    if isinstance(value, (dict, list)):
+        return f"a {'mapping' if isinstance(value, dict) else 'list'} of {len(value)} entries"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _cross_field_problems(cfg: Config) -> list[str]:
@@ -456,6 +485,168 @@ def _cross_field_problems(cfg: Config) -> list[str]:
     return problems
 
 
+# Paths in a config: (key path, value, what the path must be).
+_FILE, _DIR = "file", "directory"
+
+
+def _config_paths(cfg: Config) -> list[tuple[str, str | None, str]]:
+    paths = [
+        ("scorer.state_path", cfg.scorer.state_path, _FILE),
+        ("scorer.journal_path", cfg.scorer.journal_path, _FILE),
+        ("bus.run_dir", cfg.bus.run_dir, _DIR),
+        ("bus.keys_dir", cfg.bus.keys_dir, _DIR),
+        ("bus.clients_dir", cfg.bus.clients_dir, _DIR),
+        ("router.password_file", cfg.router.password_file, _FILE),
+        ("router.tls_ca", cfg.router.tls_ca, _FILE),
+        ("collector.state_path", cfg.collector.state_path, _FILE),
+        ("logger.path", cfg.logger.path, _FILE),
+    ]
+    paths += [(f"wans[{i}].autorate_state_file", w.autorate_state_file, _FILE) for i, w in enumerate(cfg.wans)]
+    return paths
+
+
+def _path_problems(cfg: Config) -> list[str]:
+    """Paths the OS could not take: empty, a NUL byte, too long, ``~user`` of no user."""
+    problems = []
+    for key, value, _ in _config_paths(cfg):
+        if value is None:
+            continue
+        if not value:
+            problems.append(f"{key}: must be a non-empty path, got ''")
+        elif "\0" in value:
+            problems.append(f"{key}: must not contain a NUL byte, got {_value_text(value)}")
+        elif len(value.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
+            problems.append(f"{key}: must be at most {MAX_PATH_BYTES} bytes long, got {len(value)} characters")
+        elif value.startswith("~"):
+            try:
+                Path(value).expanduser()
+            except RuntimeError:
+                problems.append(f"{key}: names a home directory that does not exist, got {_value_text(value)}")
+    return problems
+
+
+def _filesystem_problems(cfg: Config) -> list[str]:
+    """Paths that exist as the wrong kind of thing (a directory or a device where a file is expected)."""
+    problems = []
+    for key, value, kind in _config_paths(cfg):
+        if value is None:
+            continue
+        try:
+            p = resolve_path(cfg, value)
+            info = p.stat()
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError, RuntimeError) as error:
+            if isinstance(error, NotADirectoryError):
+                problems.append(f"{key}: a parent of {_value_text(value)} is not a directory")
+            elif not isinstance(error, OSError) or error.errno not in (None, 0):
+                problems.append(f"{key}: cannot use {_value_text(value)}: {_os_reason(error)}")
+            continue
+        if kind == _FILE and stat.S_ISDIR(info.st_mode):
+            problems.append(f"{key}: must be a file, got the directory {_value_text(value)}")
+        elif kind == _FILE and not stat.S_ISREG(info.st_mode):
+            problems.append(f"{key}: must be a regular file, got {_value_text(value)} (a device, FIFO or socket)")
+        elif kind == _DIR and not stat.S_ISDIR(info.st_mode):
+            problems.append(f"{key}: must be a directory, got {_value_text(value)} which is not one")
+    return problems
+
+
+MAX_CONFIG_BYTES = 1 << 20  # a config file larger than this is refused unread
+MAX_DEPTH = 32  # nesting of mappings and lists in a config
+MAX_NODES = 20_000  # values in a config, aliases expanded
+MAX_ALIASES = 100  # YAML alias uses (*name) in a config
+MAX_PATH_BYTES = 4096
+MAX_PASSWORD_BYTES = 4096  # router.password_file
+MAX_CA_BYTES = 4 << 20  # router.tls_ca
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses deep nesting and many aliases while it
+    composes, before anything recursive or exponential can run."""
+
+    def __init__(self, stream) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._aliases = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                raise yaml.composer.ComposerError(
+                    None, None, f"more than {MAX_ALIASES} aliases (*name)", self.peek_event().start_mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested more than {MAX_DEPTH} levels deep", self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _yaml_load(text: str, where: str) -> Any:
+    """Parse one YAML document with ``_Loader``; any problem is a ConfigError."""
+    loader = None
+    try:
+        loader = _Loader(text)
+        return loader.get_single_data()
+    except yaml.YAMLError as error:
+        raise ConfigError([f"{where}: not valid YAML: {_yaml_problem(error)}"]) from None
+    except (RecursionError, MemoryError, ValueError, TypeError, OverflowError) as error:
+        raise ConfigError([f"{where}: not valid YAML: {type(error).__name__}: {error}"]) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """What a YAML error says, and where, on one line (never a snippet of the file)."""
+    if isinstance(error, yaml.MarkedYAMLError):
+        mark = error.problem_mark or error.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        return f"{' '.join(filter(None, [error.context, error.problem])) or 'invalid'}{where}"
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def _check_tree(raw: Any) -> None:
+    """Raise ConfigError unless ``raw`` is a tree a config can be: string keys,
+    strings UTF-8 can encode, finite numbers, at most ``MAX_DEPTH`` deep and ``MAX_NODES``
+    values counting each alias use again (so an alias bomb stops here)."""
+    stack: list[tuple[Any, str, int]] = [(raw, "", 0)]
+    nodes = 0
+    while stack:
+        value, path, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_NODES:
+            raise ConfigError([f"(top level): must have at most {MAX_NODES} values (aliases expanded)"])
+        if depth > MAX_DEPTH:
+            raise ConfigError([f"{path or '(top level)'}: must be nested at most {MAX_DEPTH} levels deep"])
+        if isinstance(value, str):
+            _check_text(value, path or "(top level)")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError([f"{path or '(top level)'}: must be a finite number, got {value!r}"])
+        elif isinstance(value, dict):
+            for key, child in value.items():
+                if not isinstance(key, str):
+                    where = path or "(top level)"
+                    raise ConfigError([f"{where}: keys must be strings, got {type(key).__name__} key "
+                                       f"{_value_text(key)}"])
+                _check_text(key, f"{path}.{key!a}".lstrip(".") if path else f"{key!a}")
+                stack.append((child, f"{path}.{key}" if path else key, depth + 1))
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            for i, child in enumerate(value):
+                stack.append((child, f"{path}[{i}]", depth + 1))
+
+
+def _check_text(text: str, path: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ConfigError([f"{path}: must be valid Unicode text, got a lone surrogate "
+                           f"{text[error.start]!a} at character {error.start}"]) from None
+
+
 def parse_config(raw: Any, base_dir: str = ".") -> Config:
     """Validate an already-parsed YAML document (``None`` counts as ``{}``)."""
     if raw is None:
@@ -464,42 +655,91 @@ def parse_config(raw: Any, base_dir: str = ".") -> Config:
         raise ConfigError([f"(top level): must be a mapping, got {type(raw).__name__}"])
     if "base_dir" in raw:
         raise ConfigError(["base_dir: unknown key"])
+    _check_tree(raw)
     try:
         cfg = msgspec.convert({**raw, "base_dir": base_dir}, Config)
     except msgspec.ValidationError as error:
         raise ConfigError([_describe(error, raw)]) from None
-    problems = _cross_field_problems(cfg)
+    except (ValueError, TypeError, OverflowError, RecursionError) as error:
+        raise ConfigError([f"(top level): cannot be read as a config: {type(error).__name__}: {error}"]) from None
+    problems = _cross_field_problems(cfg) + _path_problems(cfg)
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+def read_small_file(path: str | os.PathLike, limit: int) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes, or OSError.
+
+    Opened non-blocking (a FIFO never blocks), checked to be a regular file
+    with ``fstat`` (not a directory, a device like ``/dev/zero``, a socket),
+    and read with a cap, so no file can hang or exhaust the reader.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            raise OSError(0, f"is {kind}")
+        if info.st_size > limit:
+            raise OSError(0, f"is larger than {limit} bytes")
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, min(65536, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise OSError(0, f"is larger than {limit} bytes")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _os_reason(error: BaseException) -> str:
+    if isinstance(error, OSError):
+        return error.strerror or type(error).__name__
+    return str(error)
 
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Config:
     """Read and validate ``wanctl.yaml``; ``None`` gives the all-defaults config.
 
     ``overrides`` are ``key.path=value`` assignments applied before validation.
+    Every problem, whatever the file holds (binary, deeply nested, an alias
+    bomb, a FIFO), is a ``ConfigError`` with bounded lines.
     """
     if path is None:
         raw: dict = {}
         for assignment in overrides:
             apply_override(raw, assignment)
         return parse_config(raw, ".")
-    path = Path(path)
+    shown = str(path)[:200]
     try:
-        text = path.read_text()
-    except OSError as error:
-        raise ConfigError([f"{path}: cannot read config: {error.strerror}"]) from None
+        path = Path(path)
+        data = read_small_file(path, MAX_CONFIG_BYTES)
+        base_dir = str(path.resolve().parent)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise ConfigError([f"{shown}: cannot read config: {_os_reason(error)}"]) from None
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError([f"{path}: not valid YAML: {error}"]) from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError([f"{shown}: must be UTF-8 text, got byte 0x{data[error.start]:02x} "
+                           f"at offset {error.start}"]) from None
+    raw = _yaml_load(text, shown)
     if overrides:
         raw = {} if raw is None else raw
         if not isinstance(raw, dict):
             raise ConfigError([f"(top level): must be a mapping, got {type(raw).__name__}"])
         for assignment in overrides:
             apply_override(raw, assignment)
-    return _per_config_var(parse_config(raw, str(path.resolve().parent)), path)
+    cfg = _per_config_var(parse_config(raw, base_dir), path)
+    problems = _filesystem_problems(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
 
 
 # The files a config's pipeline writes, with the built-in defaults under var/.
@@ -555,7 +795,7 @@ def apply_override(raw: dict, assignment: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError([f"{key}: {part} is not a section"])
         node = child
-    node[leaf] = yaml.safe_load(value)
+    node[leaf] = _yaml_load(value, key.strip())
 
 
 def resolve_path(cfg: Config, path: str) -> Path:
@@ -579,12 +819,19 @@ def router_password(cfg: Config) -> str:
     """
     r = cfg.router
     if r.password_file:
+        shown = _value_text(r.password_file)
         try:
-            return resolve_path(cfg, r.password_file).read_text().strip()
-        except OSError as error:
-            raise ConfigError(
-                [f"router.password_file: cannot read {r.password_file!r}: {error.strerror}"]
-            ) from None
+            data = read_small_file(resolve_path(cfg, r.password_file), MAX_PASSWORD_BYTES)
+        except (OSError, ValueError, RuntimeError) as error:
+            raise ConfigError([f"router.password_file: cannot read {shown}: {_os_reason(error)}"]) from None
+        try:
+            password = data.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise ConfigError([f"router.password_file: {shown} must hold UTF-8 text (it is binary)"]) from None
+        if not password or any(ord(c) < 32 or ord(c) == 127 for c in password):
+            raise ConfigError([f"router.password_file: {shown} must hold one line of printable text "
+                               "(empty, or control characters found)"])
+        return password
     if r.password_env:
         value = os.environ.get(r.password_env)
         if value is not None:

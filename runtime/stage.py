@@ -182,12 +182,14 @@ class Stage:
         self.on_close("release the lock", self.lock.release)
         self.ctx = zmq.Context()
         self.on_close("terminate the ZeroMQ context", self.ctx.term)
-        self.auth = sockets.start_authenticator(self.ctx, cfg)
+        self.auth = sockets.start_authenticator(self.ctx, cfg, self.role)
         if self.auth is not None:
             self.on_close("stop the CURVE authenticator", self.auth.stop)
         self.on_close("close the sockets", self._close_sockets)
         self.health = Health.for_stage(cfg, self.role, self.name)
         self.on_close("stop the health endpoint", self.health.stop)
+        if self.auth is not None:
+            self.health.count_from("curve", self.auth.counters)
         self.epoch = new_epoch()
         self.beats = Heartbeats(self.name, self.epoch, cfg.bus.heartbeat_s)
 

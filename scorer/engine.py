@@ -44,6 +44,12 @@ NON_FINITE = "non_finite"
 NEGATIVE = "negative_value"
 UNKNOWN_STATE = "unknown_state"
 OUT_OF_ORDER = "out_of_order"
+# Edge checks beyond section 5.1 (docs/scoring.md, section 1), checked after it.
+BAD_WAN_NAME = "bad_wan_name"  # empty, longer than MAX_WAN_NAME, or characters outside [A-Za-z0-9_.-]
+UNKNOWN_WAN = "unknown_wan"  # a `wans` list is configured and does not name it
+TOO_MANY_WANS = "too_many_wans"  # no `wans` list, and max_wans WANs are kept already
+IMPLAUSIBLE_T = "implausible_t"  # t jumps more than max_t_jump_s ahead of its stream's last t
+MAX_WAN_NAME = 64
 
 # What happened to a sample (``Outcome.status``).
 SCORED = "scored"
@@ -74,7 +80,9 @@ class Outcome:
 
 _SCORED_NONE = Outcome(_NONE, SCORED)
 _IGNORED_NONE = Outcome(_NONE, IGNORED)
-_REJECTED = {c: Outcome(_NONE, REJECTED, c) for c in (BAD_VERSION, NON_FINITE, NEGATIVE, UNKNOWN_STATE, OUT_OF_ORDER)}
+_REJECTED = {c: Outcome(_NONE, REJECTED, c) for c in (BAD_VERSION, NON_FINITE, NEGATIVE, UNKNOWN_STATE, OUT_OF_ORDER,
+                                                      BAD_WAN_NAME, UNKNOWN_WAN, TOO_MANY_WANS, IMPLAUSIBLE_T)}
+_WAN_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 _NO_CONTRIBUTORS: list[str] = []
 # Histories are trimmed back to 3 entries whenever they grow past this.
 _HISTORY_MAX = 16
@@ -101,6 +109,11 @@ def rejection_cause(s: Telemetry) -> str | None:
     if s.rtt_status is not None and s.rtt_status not in _KNOWN_RTT_STATUSES:
         return UNKNOWN_STATE
     return None
+
+
+def wan_name_ok(name: str) -> bool:
+    """A WAN name the engine may keep: 1 to ``MAX_WAN_NAME`` of ``[A-Za-z0-9_.-]``."""
+    return 0 < len(name) <= MAX_WAN_NAME and _WAN_NAME_CHARS.issuperset(name)
 
 
 class Params:
@@ -375,6 +388,10 @@ class Engine:
             "quality_steer_backs": 0,
         }
         self.alternates = {w.name: w.alternate for w in (wans or []) if w.alternate}
+        # WAN bookkeeping: with a configured list only those WANs are scored; otherwise at most max_wans.
+        self.known_wans = frozenset(w.name for w in wans) if wans else None
+        self.max_wans = cfg.max_wans
+        self.max_t_jump = cfg.max_t_jump_s + TOL
         policy = cfg.policy
         if cfg.shadow is True:
             shadows = [x for x in POLICIES if x != policy]
@@ -418,7 +435,7 @@ class Engine:
                 and s.queue_delay_ms is None and s.loss_pct is None):
             total = t + s.wall + rtt + base + drops + queue
             fast = (total - total == 0.0 and rtt >= 0.0 and base >= 0.0 and drops >= 0.0
-                    and queue >= 0.0 and t - w.last_t > TOL)
+                    and queue >= 0.0 and TOL < t - w.last_t <= self.max_t_jump)
         if fast:
             w.last_t = t
         else:
@@ -453,8 +470,14 @@ class Engine:
         cause = rejection_cause(s)
         w = self.wans.get(s.wan)
         t = s.t
-        if cause is None and w is not None and s.stream == w.stream and t - w.last_t <= TOL:
-            cause = OUT_OF_ORDER
+        if cause is None:
+            if w is None:
+                cause = self._wan_cause(s.wan)
+            elif s.stream == w.stream:
+                if t - w.last_t <= TOL:
+                    cause = OUT_OF_ORDER
+                elif t - w.last_t > self.max_t_jump:
+                    cause = IMPLAUSIBLE_T
         if cause is not None:
             self.rejected[cause] = self.rejected.get(cause, 0) + 1
             return _REJECTED[cause]
@@ -474,6 +497,16 @@ class Engine:
             w.last_scored_t = None
         w.last_t = t
         return w
+
+    def _wan_cause(self, wan: str) -> str | None:
+        """Why a WAN the engine does not keep yet must not be added (None: add it)."""
+        if self.known_wans is not None:
+            return None if wan in self.known_wans else UNKNOWN_WAN
+        if not wan_name_ok(wan):
+            return BAD_WAN_NAME
+        if len(self.wans) >= self.max_wans:
+            return TOO_MANY_WANS
+        return None
 
     def _assess(self, w: WanScorer, s: Telemetry, rtt: float, base: float, drops: float,
                 queue: float) -> tuple[str, float]:
@@ -706,7 +739,13 @@ class Engine:
                 source: str = "scorer") -> "Engine":
         snap = msgspec.msgpack.decode(data, type=Snapshot)
         engine = cls(cfg, wans=wans, epoch=epoch, next_seq=snap.next_seq, source=source)
-        engine.wans = {w.wan: w for w in snap.wans}
+        # A snapshot keeps only what the config allows now: configured WANs, or
+        # at most max_wans well-named ones (a flood before an upgrade does not survive it).
+        if engine.known_wans is not None:
+            kept = [w for w in snap.wans if w.wan in engine.known_wans]
+        else:
+            kept = [w for w in snap.wans if wan_name_ok(w.wan)][:engine.max_wans]
+        engine.wans = {w.wan: w for w in kept}
         engine.rejected = dict(snap.rejected)
         engine._counters.update({k: v for k, v in snap.counters.items() if k in engine._counters})
         return engine
@@ -717,9 +756,13 @@ class Engine:
 
     def load_wans(self, wans: list[WanScorer], next_seq: int, rejected: dict[str, int],
                   counters: dict[str, int]) -> None:
-        """Apply a partial snapshot: whole WANs (replacing or adding), the next seq and the totals."""
+        """Apply a partial snapshot: whole WANs (replacing or adding), the next seq and the totals.
+
+        Like ``restore``, only the WANs the config allows now are kept.
+        """
         for w in wans:
-            self.wans[w.wan] = w
+            if w.wan in self.wans or self._wan_cause(w.wan) is None:
+                self.wans[w.wan] = w
         self.next_seq = next_seq
         self.rejected = dict(rejected)
         self._counters.update({k: v for k, v in counters.items() if k in self._counters})

@@ -258,6 +258,30 @@ class ScorerCore:
             self.journal.close()
 
 
+REJECTION_LOG_INTERVAL_S = 60.0  # per cause: at most one line about rejected samples this often
+
+
+class RejectionLog:
+    """Rejected samples in the log: a WARNING the first time a cause is seen, then
+    at most one line per cause every ``REJECTION_LOG_INTERVAL_S`` with how many more."""
+
+    def __init__(self) -> None:
+        self._logged: dict[str, int] | None = None
+        self._at: dict[str, float] = {}
+
+    def note(self, totals: dict[str, int], now: float) -> None:
+        if self._logged is None:  # what a restored snapshot counted is old news
+            self._logged = dict(totals)
+        for cause, total in totals.items():
+            logged = self._logged.get(cause, 0)
+            if total > logged and now - self._at.get(cause, float("-inf")) >= REJECTION_LOG_INTERVAL_S:
+                log.warning("rejected %d telemetry sample(s) as %s (%d in total; see docs/scoring.md, "
+                            "validation); at most one such line per cause per %.0f s",
+                            total - logged, cause, total, REJECTION_LOG_INTERVAL_S)
+                self._logged[cause] = total
+                self._at[cause] = now
+
+
 class EngineMetrics:
     """The engine's facts as the scorer's health document and Prometheus metrics.
 
@@ -276,6 +300,7 @@ class EngineMetrics:
         self._penalty_active: dict[str, bool] = {}
         self._confidence_errors: int | None = None
         self._confidence_error_at: float | None = None
+        self.rejections = RejectionLog()
 
     def decided(self, decision: Decision) -> None:
         self.health.observe_decision(decision)
@@ -327,6 +352,7 @@ class EngineMetrics:
             else:
                 health.clear("confidence_policy")
                 self._confidence_error_at = None
+        self.rejections.note(engine.rejected, now)
         s = self.cfg.scorer
         details = {"policy": s.policy, "shadow": s.shadow, "last_decision_seq": core.journal.last_seq,
                    "next_seq": engine.next_seq, "accepted": engine.counters["accepted"]}

@@ -30,6 +30,10 @@ _REJECTION_TEXT = {
     "unknown_state": "cake_state or wan_zone is not GREEN, YELLOW, SOFT_RED or RED, or rtt_status is not ok, lost or unavailable",
     "unsupported_version": "schema version is not 1",
     "out_of_order": "t is not after the previous sample of this WAN and stream",
+    "implausible_t": "t is more than scorer.max_t_jump_s after the previous sample of this WAN and stream",
+    "unknown_wan": "the WAN is not in the config's wans list",
+    "bad_wan_name": "the WAN name is empty, over 64 characters, or not [A-Za-z0-9_.-]",
+    "too_many_wans": "scorer.max_wans WANs are kept already",
 }
 
 

@@ -24,6 +24,7 @@ from typing import Annotated, Optional
 import typer
 
 from proto.messages import DEGRADED, ENABLE
+from runtime import cli
 
 GRACE_S = 2.0  # an ENABLE up to this long after a load ends still belongs to that load
 MIN_LOAD_S = 5.0  # a load window shorter than this justifies no steer
@@ -245,7 +246,9 @@ def sweep(
                          "or the whole index.json (the trace's entry is used).")] = None,
     json_: Annotated[bool, typer.Option("--json", help="One JSON object per variant, one per line.")] = False,
     out_dir: Annotated[Optional[Path], typer.Option(
-        "--out-dir", help="Also write each variant's decisions to DIR/<variant>.jsonl (as wanctl-replay --out).")] = None,
+        "--out-dir", metavar="DIR",
+        help="Also write each variant's decisions to DIR/<variant>.jsonl (as wanctl-replay --out).")] = None,
+    version: Annotated[bool, cli.version_option(True)] = False,
 ) -> None:
     """Replay TRACE under the cross product of --set values and print one row per variant and policy.
 
@@ -283,4 +286,6 @@ def sweep(
 
 
 def main() -> None:
-    typer.run(sweep)
+    app = cli.app()
+    app.command(cls=cli.Command)(sweep)
+    app()
