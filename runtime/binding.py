@@ -57,9 +57,10 @@ class Binding:
     fingerprint: str
     router: str
     wans: list[str]
-    outcome: str  # "new", "same", "adopted" or "moved_aside"
+    outcome: str  # "new", "same", "adopted", "moved_aside", or "unchecked" (the directory could not be written)
     previous: dict[str, Any] | None = None
     moved: list[str] = field(default_factory=list)
+    error: str | None = None
 
     def details(self) -> dict[str, Any]:
         out: dict[str, Any] = {"fingerprint": self.fingerprint, "router": self.router, "wans": self.wans,
@@ -68,6 +69,8 @@ class Binding:
             out["previous"] = self.previous
         if self.moved:
             out["moved_aside"] = self.moved
+        if self.error is not None:
+            out["error"] = self.error
         return out
 
 
@@ -85,7 +88,23 @@ def fingerprint_path(cfg: Config) -> Path:
 
 
 def bind(cfg: Config, now_wall: float | None = None) -> Binding:
-    """Check the files against the config's router and WANs; move them aside when they belong to others."""
+    """Check the files against the config's router and WANs; move them aside when they belong to others.
+
+    A directory that cannot be written (read-only, full) is no reason to stop
+    steering: the files are used as they are, the binding is "unchecked", and
+    the stage's own storage health says what is wrong; the next start checks again.
+    """
+    try:
+        return _bind(cfg, now_wall)
+    except OSError as error:
+        described = describe(cfg)
+        reason = f"{getattr(error, 'filename', None) or fingerprint_path(cfg).parent}: {error.strerror or error}"
+        log.error("cannot check which router the files belong to (%s); using them as they are", reason)
+        return Binding(fingerprint(described), described["router"], [w["name"] for w in described["wans"]],
+                       "unchecked", error=reason)
+
+
+def _bind(cfg: Config, now_wall: float | None) -> Binding:
     described = describe(cfg)
     current = fingerprint(described)
     path = fingerprint_path(cfg)
