@@ -550,10 +550,12 @@ class RouterLink:
             if first == b"\x00":
                 break
             try:
-                prefix = first + transport.read(determine_length(first))
-                length = decode_length(prefix)
+                more = determine_length(first)
             except Exception as error:
                 raise _LinkFault("protocol_errors", f"bad word length: {_describe(error)}") from None
+            # Read outside the try: a stop, the deadline or a close while the prefix is incomplete
+            # stay what they are, not a malformed length.
+            length = decode_length(first + transport.read(more))
             words.append(transport.read(length).decode("utf-8", errors="replace"))
         if not words:
             raise _LinkFault("protocol_errors", "an empty sentence")
