@@ -149,12 +149,17 @@ def confidence_score(
     drops: list[float],
     queues: list[float],
     wan_zone: str | None,
+    contributors: bool = True,
 ) -> tuple[int, list[str]]:
     """The Phase 2B score (section 5.4) and its contributors, from scratch.
 
     ``states``/``drops``/``queues`` are the histories since the last gap with the
-    current sample last (only their last 3, 3 and 2 entries matter).
+    current sample last (only their last 3, 3 and 2 entries matter).  With
+    ``contributors`` false the list comes back empty (the score alone: a sample
+    that decides nothing needs no contributor strings).
     """
+    if not contributors:
+        return _confidence_points(p, state, rtt_delta, states, drops, queues, wan_zone), _NO_CONTRIBUTORS
     score = 0
     why: list[str] = []
     if state == "RED":
@@ -188,6 +193,33 @@ def confidence_score(
         score += p.w_wan_soft_red
         why.append("WAN_SOFT_RED")
     return (100 if score > 100 else score), why
+
+
+def _confidence_points(p, state, rtt_delta, states, drops, queues, wan_zone) -> int:
+    """``confidence_score``'s score alone, the same conditions in the same order."""
+    score = 0
+    if state == "RED":
+        score += p.w_red
+    elif state == "SOFT_RED":
+        if len(states) >= 3 and states[-2] == "SOFT_RED" and states[-3] == "SOFT_RED":
+            score += p.w_soft_red
+    elif state == "YELLOW":
+        score += p.w_yellow
+    if rtt_delta > p.delta_severe:
+        score += p.w_severe
+    elif rtt_delta > p.delta_high:
+        score += p.w_high
+    if len(drops) >= 3:
+        last = drops[-1]
+        if last > drops[-3] and last > 0:
+            score += p.w_drops
+    if len(queues) >= 2 and queues[-1] > p.queue_high and queues[-2] > p.queue_high:
+        score += p.w_queue
+    if wan_zone == "RED":
+        score += p.w_wan_red
+    elif wan_zone == "SOFT_RED":
+        score += p.w_wan_soft_red
+    return 100 if score > 100 else score
 
 
 class Hysteresis(msgspec.Struct, gc=False):
@@ -658,16 +690,18 @@ class Engine:
             if fb.count or state == _TOWARD[fb.state]:
                 fb.count_sample(state, t)
 
-        confidence, contributors = 0, _NO_CONTRIBUTORS
+        confidence = 0
+        scored = False  # the contributors are built for a decision only (_why)
         try:
             # A healthy sample fails every condition of section 5.4 (no state
             # weight, RTT delta not high, no drops, queue not high, no zone):
             # it scores 0 without the call.
             if (state != "GREEN" or wan_zone is not None or rtt_delta > p.delta_high
                     or drops != 0.0 or queue > p.queue_high):
-                confidence, contributors = confidence_score(
-                    p, state, rtt_delta, w.states, w.drops, queue_history, wan_zone
-                )
+                confidence = confidence_score(
+                    p, state, rtt_delta, w.states, w.drops, queue_history, wan_zone, False
+                )[0]
+                scored = True
             # (GOOD, below the threshold and no run to clear is by far the most
             # common case, and a no-op: skip the call.)
             if self.confidence_running and (confidence >= threshold or cp.state != GOOD
@@ -675,7 +709,8 @@ class Engine:
                 sustained = cp.step(p, t, confidence, threshold, state, rtt_delta, drops, wan_zone)
                 if sustained is not None:
                     decisions = [self._decision(s, CONFIDENCE, self.driving_confidence, False, cp.state,
-                                                confidence, threshold, penalty, contributors, sustained)]
+                                                confidence, threshold, penalty,
+                                          self._why(scored, w, state, rtt_delta, wan_zone), sustained)]
         except Exception:
             self._counters["confidence_errors"] += 1
             if self.driving_confidence:
@@ -686,14 +721,16 @@ class Engine:
                     cp.enter(p, DEGRADED if fb.state == GOOD else GOOD, t)
                     fb.change(cp.state)
                     decisions = [self._decision(s, HYSTERESIS, True, True, cp.state, confidence,
-                                                threshold, penalty, contributors, sustained)]
+                                                threshold, penalty,
+                                                self._why(scored, w, state, rtt_delta, wan_zone), sustained)]
 
         if self.hysteresis_running:
             hp = w.hysteresis_policy
             sustained = hp.step(state, t, p) if hp.count or state == _TOWARD[hp.state] else None
             if sustained is not None:
                 decision = self._decision(s, HYSTERESIS, self.driving == HYSTERESIS, False, hp.state,
-                                          confidence, threshold, penalty, contributors, sustained)
+                                          confidence, threshold, penalty,
+                                          self._why(scored, w, state, rtt_delta, wan_zone), sustained)
                 # The driving policy's decision is emitted first.
                 if self.driving == HYSTERESIS:
                     decisions = [decision, *decisions]
@@ -701,6 +738,12 @@ class Engine:
                     decisions = [*decisions, decision]
         w.last_score = (confidence, threshold, penalty)
         return decisions
+
+    def _why(self, scored: bool, w: WanScorer, state: str, rtt_delta: float, wan_zone: str | None) -> list[str]:
+        """The contributors of this sample's 2B score, for a decision (none when it was not scored)."""
+        if not scored:
+            return _NO_CONTRIBUTORS
+        return confidence_score(self.params, state, rtt_delta, w.states, w.drops, w.queues, wan_zone)[1]
 
     def _run_quality(self, w: WanScorer, s: Telemetry, state: str | None, decisions=_NONE,
                      flags: int | None = None) -> list:

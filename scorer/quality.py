@@ -296,14 +296,16 @@ def judge(
                 since = oldest_sev
                 severe_share = n_sev * 100 // ns
         if wants:
-            hold = harm(q, alternate, _window_rtt(wt, wr, cutoff), n_lost * 100.0 / n, t)
+            hold = None if alternate is None else harm(q, alternate, _window_rtt(wt, wr, cutoff),
+                                                       n_lost * 100.0 / n, t)
             if hold is None and capped:
                 hold = FLAP_HOLD
             if hold is None:
                 decision = DEGRADED
                 sustained = t - since
     else:
-        hold = harm(q, alternate, _window_rtt(wt, wr, cutoff), n_lost * 100.0 / n if n else 0.0, t)
+        hold = None if alternate is None else harm(q, alternate, _window_rtt(wt, wr, cutoff),
+                                                   n_lost * 100.0 / n if n else 0.0, t)
         if hold is not None:
             decision = GOOD  # steer back: the alternate is no better place
         elif st.hold_down_until is None or t >= st.hold_down_until - TOL:
