@@ -3,8 +3,10 @@
 Generates a telemetry trace with a realistic mix of healthy and congested
 periods (two WANs, 0.5 s cadence, congestion episodes of varying strength,
 flapping stretches, probe failures) and times the `wanctl-replay` console
-script on it as a subprocess, printing samples per second and peak RSS.  The
-same run on a trace a tenth as long shows whether memory is flat in length.
+script on it as a subprocess, printing samples per second and peak RSS,
+and, interleaved run by run, a msgspec decode-only pass over the same trace
+(the ceiling of any replay).  The same run on a trace a tenth as long shows
+whether memory is flat in length.
 
 Two configs: the default (quality driving, confidence and hysteresis as
 shadows) and Phase 2B with the 2A shadow alone (``policy: confidence,
@@ -27,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import msgspec
@@ -34,6 +37,7 @@ import msgspec
 from proto.messages import Telemetry
 
 TARGET = 250_000
+RATIO_TARGET = 0.3  # replay end to end / msgspec decode-only over the same trace
 
 
 def write_trace(path: Path, samples: int, seed: int = 7) -> None:
@@ -106,6 +110,16 @@ def time_replay(trace: Path, config: Path, tree: Path | None = None) -> tuple[fl
     return float(out[0]), int(out[1]), int(out[2])
 
 
+def time_decode(trace: Path) -> float:
+    """Seconds of a msgspec decode-only pass over ``trace`` in this process (every line into a Telemetry)."""
+    decode = msgspec.json.Decoder(Telemetry).decode
+    t0 = time.perf_counter()
+    with trace.open("rb") as source:
+        for line in source:
+            decode(line)
+    return time.perf_counter() - t0
+
+
 def report(label: str, n: int, size: int, runs: list) -> list[float]:
     rates = sorted(n / seconds for seconds, _, _ in runs)
     print(
@@ -137,8 +151,11 @@ def main() -> None:
             write_trace(trace, n)
             size = trace.stat().st_size
             runs = {"default (quality + shadows)": [], "2B + 2A shadow": [], "2B + 2A shadow, old tree": []}
+            ratios = []
             for _ in range(args.runs):
+                decode_s = time_decode(trace)
                 runs["default (quality + shadows)"].append(time_replay(trace, default))
+                ratios.append((n / runs["default (quality + shadows)"][-1][0], n / decode_s))
                 runs["2B + 2A shadow"].append(time_replay(trace, seed))
                 if args.against is not None:
                     runs["2B + 2A shadow, old tree"].append(time_replay(trace, old_seed, args.against))
@@ -148,6 +165,10 @@ def main() -> None:
                     if label.startswith("default"):
                         rates = r
                         peak[n] = max(rss for _, rss, _ in got)
+            print(f"  decode-only pass (msgspec, interleaved): "
+                  f"{', '.join(f'{d:,.0f}' for _, d in ratios)} lines/s; replay (default config) / decode-only: "
+                  f"{', '.join(f'{r / d:.3f}' for r, d in ratios)}, median "
+                  f"{statistics.median(r / d for r, d in ratios):.3f} (target {RATIO_TARGET})")
             if args.against is not None:
                 new = statistics.median(n / s for s, _, _ in runs["2B + 2A shadow"])
                 old = statistics.median(n / s for s, _, _ in runs["2B + 2A shadow, old tree"])
