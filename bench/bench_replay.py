@@ -14,9 +14,11 @@ shadow: [hysteresis]``, the seed's default work).  ``--against OLD_TREE``
 also times the engine of another checkout (e.g. a copy of an older commit,
 run with this environment's interpreter and ``PYTHONPATH=OLD_TREE``) on the
 same trace and 2B/2A work, interleaved run by run with this tree's, so both
-see the same machine load.
+see the same machine load.  Last, ``wanctl-sweep`` of 8 variants (2 jobs)
+against 8 replays with the same settings, on a trace a fifth as long,
+interleaved round by round (``--no-sweep`` skips it).
 
-    .venv/bin/python bench/bench_replay.py [--samples 1000000] [--against /tmp/old-wanctl]
+    .venv/bin/python bench/bench_replay.py [--samples 1000000] [--against /tmp/old-wanctl] [--no-sweep]
 """
 
 from __future__ import annotations
@@ -120,6 +122,34 @@ def time_decode(trace: Path) -> float:
     return time.perf_counter() - t0
 
 
+SWEEP_SETS = ["scorer.quality.sustain_s=1.5,2", "scorer.quality.steer_share_pct=50,60", "scorer.quality.window_s=4,5"]
+SWEEP_TARGET = 2.5  # 8 variants: wanctl-sweep at least this much faster than 8 replays
+
+
+def time_sweep_against_replays(trace: Path, config: Path, rounds: int) -> None:
+    """8 variants: ``wanctl-sweep --jobs 2`` against 8 ``wanctl-replay`` runs, interleaved round by round."""
+    bin_dir = Path(sys.executable).parent
+    values = [[f"{k}={v}" for v in vs.split(",")] for k, vs in (x.split("=", 1) for x in SWEEP_SETS)]
+    combos = [[a, b, c] for a in values[0] for b in values[1] for c in values[2]]
+    speedups = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for combo in combos:
+            args = [x for o in combo for x in ("--set", o)]
+            subprocess.run([str(bin_dir / "wanctl-replay"), str(trace), "--config", str(config), *args],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        replays = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        subprocess.run([str(bin_dir / "wanctl-sweep"), str(trace), "--config", str(config), "--jobs", "2",
+                        *[x for o in SWEEP_SETS for x in ("--set", o)]],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        swept = time.perf_counter() - t0
+        speedups.append(replays / swept)
+        print(f"  8 variants over {trace.stat().st_size / 1e6:.0f} MB: 8 replays {replays:.2f} s, "
+              f"wanctl-sweep --jobs 2 {swept:.2f} s, speed-up {replays / swept:.2f}")
+    print(f"  sweep speed-up median {statistics.median(speedups):.2f} (target {SWEEP_TARGET})")
+
+
 def report(label: str, n: int, size: int, runs: list) -> list[float]:
     rates = sorted(n / seconds for seconds, _, _ in runs)
     print(
@@ -134,6 +164,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3, help="timed replays of each trace (figures: best and median)")
+    parser.add_argument("--no-sweep", action="store_true", help="skip wanctl-sweep against 8 replays")
     parser.add_argument("--against", type=Path, help="another checkout's tree to time interleaved (2B/2A work)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -173,6 +204,12 @@ def main() -> None:
                 new = statistics.median(n / s for s, _, _ in runs["2B + 2A shadow"])
                 old = statistics.median(n / s for s, _, _ in runs["2B + 2A shadow, old tree"])
                 print(f"  2B + 2A shadow: this tree / old tree = {new / old:.3f} (median rates)")
+        if not args.no_sweep:
+            n = args.samples // 5
+            trace = tmp / f"trace-{n}.jsonl"
+            write_trace(trace, n)
+            print(f"wanctl-sweep of 8 variants ({' '.join(SWEEP_SETS)}) against 8 replays, {n:,} samples:")
+            time_sweep_against_replays(trace, default, args.runs)
         small, large = sorted(peak)
         print(f"memory: {peak[small] / 1024:.1f} MiB at {small:,} samples, {peak[large] / 1024:.1f} MiB at {large:,}")
         median = statistics.median(rates)
