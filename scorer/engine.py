@@ -13,6 +13,7 @@ the run, 2.0 s after its first, whatever the floating-point noise in ``t``.
 from __future__ import annotations
 
 import math
+from bisect import bisect_right as _bisect_right
 
 import msgspec
 
@@ -557,10 +558,12 @@ class Engine:
         wt, wf = q.win_t, q.win_flag
         cutoff = t - self._quality_keep + TOL
         if wt and wt[0] <= cutoff:
-            drop = 0
-            while drop < len(wt) and wt[drop] <= cutoff:
-                q.bad_kept -= wf[drop] & _BAD
-                drop += 1
+            drop = _bisect_right(wt, cutoff)  # the times ascend
+            if drop == 1:
+                q.bad_kept -= wf[0] & _BAD
+            else:
+                for f in wf[:drop]:
+                    q.bad_kept -= f & _BAD
             del wt[:drop], wf[:drop], q.win_delay[:drop], q.win_rtt[:drop]
         qb = q.base
         if (q.state == DEGRADED or q.bad_kept > 0) and qb is not None:
@@ -754,10 +757,11 @@ class Engine:
         q = w.quality
         held = q.hold
         try:
+            alternate = self._alternate_view(w, s) if self.alternates else None
             if flags is None:
-                verdict = _quality.step(self.quality_cfg, q, s, self._alternate_view(w, s))
+                verdict = _quality.step(self.quality_cfg, q, s, alternate)
             else:
-                verdict = _quality.judge(self.quality_cfg, q, s, self._alternate_view(w, s), flags)
+                verdict = _quality.judge(self.quality_cfg, q, s, alternate, flags)
         except Exception:
             self._counters["quality_errors"] += 1
             if not self.driving_quality or state is None:

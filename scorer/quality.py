@@ -265,7 +265,8 @@ def judge(
             n_lost += 1
         i += 1
     score = n_bad * 100 // n if n else 0
-    capped = st.capped(q, t)
+    enables = st.enables
+    capped = len(enables) >= q.flap.max_enables and t - enables[0] < q.flap.window_s - TOL  # st.capped(q, t)
     threshold = 101 if capped else q.steer_share_pct
 
     decision = None
