@@ -3,8 +3,10 @@
 Generates a telemetry trace with a realistic mix of healthy and congested
 periods (two WANs, 0.5 s cadence, congestion episodes of varying strength,
 flapping stretches, probe failures) and times the `wanctl-replay` console
-script on it as a subprocess, printing samples per second and peak RSS.  The
-same run on a trace a tenth as long shows whether memory is flat in length.
+script on it as a subprocess, printing samples per second and peak RSS,
+and, interleaved run by run, a msgspec decode-only pass over the same trace
+(the ceiling of any replay).  The same run on a trace a tenth as long shows
+whether memory is flat in length.
 
 Two configs: the default (quality driving, confidence and hysteresis as
 shadows) and Phase 2B with the 2A shadow alone (``policy: confidence,
@@ -12,9 +14,11 @@ shadow: [hysteresis]``, the seed's default work).  ``--against OLD_TREE``
 also times the engine of another checkout (e.g. a copy of an older commit,
 run with this environment's interpreter and ``PYTHONPATH=OLD_TREE``) on the
 same trace and 2B/2A work, interleaved run by run with this tree's, so both
-see the same machine load.
+see the same machine load.  Last, ``wanctl-sweep`` of 8 variants (2 jobs)
+against 8 replays with the same settings, on a trace a fifth as long,
+interleaved round by round (``--no-sweep`` skips it).
 
-    .venv/bin/python bench/bench_replay.py [--samples 1000000] [--against /tmp/old-wanctl]
+    .venv/bin/python bench/bench_replay.py [--samples 1000000] [--against /tmp/old-wanctl] [--no-sweep]
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import msgspec
@@ -34,6 +39,7 @@ import msgspec
 from proto.messages import Telemetry
 
 TARGET = 250_000
+RATIO_TARGET = 0.3  # replay end to end / msgspec decode-only over the same trace
 
 
 def write_trace(path: Path, samples: int, seed: int = 7) -> None:
@@ -106,6 +112,44 @@ def time_replay(trace: Path, config: Path, tree: Path | None = None) -> tuple[fl
     return float(out[0]), int(out[1]), int(out[2])
 
 
+def time_decode(trace: Path) -> float:
+    """Seconds of a msgspec decode-only pass over ``trace`` in this process (every line into a Telemetry)."""
+    decode = msgspec.json.Decoder(Telemetry).decode
+    t0 = time.perf_counter()
+    with trace.open("rb") as source:
+        for line in source:
+            decode(line)
+    return time.perf_counter() - t0
+
+
+SWEEP_SETS = ["scorer.quality.sustain_s=1.5,2", "scorer.quality.steer_share_pct=50,60", "scorer.quality.window_s=4,5"]
+SWEEP_TARGET = 2.5  # 8 variants: wanctl-sweep at least this much faster than 8 replays
+
+
+def time_sweep_against_replays(trace: Path, config: Path, rounds: int) -> None:
+    """8 variants: ``wanctl-sweep --jobs 2`` against 8 ``wanctl-replay`` runs, interleaved round by round."""
+    bin_dir = Path(sys.executable).parent
+    values = [[f"{k}={v}" for v in vs.split(",")] for k, vs in (x.split("=", 1) for x in SWEEP_SETS)]
+    combos = [[a, b, c] for a in values[0] for b in values[1] for c in values[2]]
+    speedups = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for combo in combos:
+            args = [x for o in combo for x in ("--set", o)]
+            subprocess.run([str(bin_dir / "wanctl-replay"), str(trace), "--config", str(config), *args],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        replays = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        subprocess.run([str(bin_dir / "wanctl-sweep"), str(trace), "--config", str(config), "--jobs", "2",
+                        *[x for o in SWEEP_SETS for x in ("--set", o)]],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        swept = time.perf_counter() - t0
+        speedups.append(replays / swept)
+        print(f"  8 variants over {trace.stat().st_size / 1e6:.0f} MB: 8 replays {replays:.2f} s, "
+              f"wanctl-sweep --jobs 2 {swept:.2f} s, speed-up {replays / swept:.2f}")
+    print(f"  sweep speed-up median {statistics.median(speedups):.2f} (target {SWEEP_TARGET})")
+
+
 def report(label: str, n: int, size: int, runs: list) -> list[float]:
     rates = sorted(n / seconds for seconds, _, _ in runs)
     print(
@@ -120,6 +164,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3, help="timed replays of each trace (figures: best and median)")
+    parser.add_argument("--no-sweep", action="store_true", help="skip wanctl-sweep against 8 replays")
     parser.add_argument("--against", type=Path, help="another checkout's tree to time interleaved (2B/2A work)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -137,8 +182,11 @@ def main() -> None:
             write_trace(trace, n)
             size = trace.stat().st_size
             runs = {"default (quality + shadows)": [], "2B + 2A shadow": [], "2B + 2A shadow, old tree": []}
+            ratios = []
             for _ in range(args.runs):
+                decode_s = time_decode(trace)
                 runs["default (quality + shadows)"].append(time_replay(trace, default))
+                ratios.append((n / runs["default (quality + shadows)"][-1][0], n / decode_s))
                 runs["2B + 2A shadow"].append(time_replay(trace, seed))
                 if args.against is not None:
                     runs["2B + 2A shadow, old tree"].append(time_replay(trace, old_seed, args.against))
@@ -148,10 +196,20 @@ def main() -> None:
                     if label.startswith("default"):
                         rates = r
                         peak[n] = max(rss for _, rss, _ in got)
+            print(f"  decode-only pass (msgspec, interleaved): "
+                  f"{', '.join(f'{d:,.0f}' for _, d in ratios)} lines/s; replay (default config) / decode-only: "
+                  f"{', '.join(f'{r / d:.3f}' for r, d in ratios)}, median "
+                  f"{statistics.median(r / d for r, d in ratios):.3f} (target {RATIO_TARGET})")
             if args.against is not None:
                 new = statistics.median(n / s for s, _, _ in runs["2B + 2A shadow"])
                 old = statistics.median(n / s for s, _, _ in runs["2B + 2A shadow, old tree"])
                 print(f"  2B + 2A shadow: this tree / old tree = {new / old:.3f} (median rates)")
+        if not args.no_sweep:
+            n = args.samples // 5
+            trace = tmp / f"trace-{n}.jsonl"
+            write_trace(trace, n)
+            print(f"wanctl-sweep of 8 variants ({' '.join(SWEEP_SETS)}) against 8 replays, {n:,} samples:")
+            time_sweep_against_replays(trace, default, args.runs)
         small, large = sorted(peak)
         print(f"memory: {peak[small] / 1024:.1f} MiB at {small:,} samples, {peak[large] / 1024:.1f} MiB at {large:,}")
         median = statistics.median(rates)

@@ -208,8 +208,18 @@ class Rig:
             if caught["sink"] is None and self.sink_count() - base_k >= n:
                 caught["sink"] = now
             time.sleep(0.01)
-        # Let a backlog drain before the next step.
-        wait_for(lambda: self.scorer_count() - base_s >= n, 60, "the scorer to drain its backlog")
+        # Let a backlog drain before the next step: until every sample is in, or
+        # nothing more arrives for a second (a step over the bus's high-water
+        # marks loses samples, which never come).
+        last, still_since = self.scorer_count(), time.perf_counter()
+        while self.scorer_count() - base_s < n:
+            now = time.perf_counter()
+            if self._scorer != last:
+                last, still_since = self._scorer, now
+            elif now - still_since > 1.0:
+                break
+            assert now - done < 120, "the scorer did not drain its backlog"
+            time.sleep(0.02)
         return {"achieved": achieved, **caught}
 
     def close(self) -> None:

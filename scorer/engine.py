@@ -13,6 +13,7 @@ the run, 2.0 s after its first, whatever the floating-point noise in ``t``.
 from __future__ import annotations
 
 import math
+from bisect import bisect_right as _bisect_right
 
 import msgspec
 
@@ -31,7 +32,8 @@ from proto.messages import (
 )
 from scorer import flap as _flap
 from scorer import quality as _quality
-from scorer.quality import QUALITY, QualityState, WanSummary
+from scorer.quality import BAD as _BAD, GOOD_SAMPLE as _GOOD_SAMPLE, QUALITY, SEVERE as _SEVERE
+from scorer.quality import QualityState, WanSummary
 
 TOL = 1e-6
 
@@ -148,12 +150,17 @@ def confidence_score(
     drops: list[float],
     queues: list[float],
     wan_zone: str | None,
+    contributors: bool = True,
 ) -> tuple[int, list[str]]:
     """The Phase 2B score (section 5.4) and its contributors, from scratch.
 
     ``states``/``drops``/``queues`` are the histories since the last gap with the
-    current sample last (only their last 3, 3 and 2 entries matter).
+    current sample last (only their last 3, 3 and 2 entries matter).  With
+    ``contributors`` false the list comes back empty (the score alone: a sample
+    that decides nothing needs no contributor strings).
     """
+    if not contributors:
+        return _confidence_points(p, state, rtt_delta, states, drops, queues, wan_zone), _NO_CONTRIBUTORS
     score = 0
     why: list[str] = []
     if state == "RED":
@@ -187,6 +194,33 @@ def confidence_score(
         score += p.w_wan_soft_red
         why.append("WAN_SOFT_RED")
     return (100 if score > 100 else score), why
+
+
+def _confidence_points(p, state, rtt_delta, states, drops, queues, wan_zone) -> int:
+    """``confidence_score``'s score alone, the same conditions in the same order."""
+    score = 0
+    if state == "RED":
+        score += p.w_red
+    elif state == "SOFT_RED":
+        if len(states) >= 3 and states[-2] == "SOFT_RED" and states[-3] == "SOFT_RED":
+            score += p.w_soft_red
+    elif state == "YELLOW":
+        score += p.w_yellow
+    if rtt_delta > p.delta_severe:
+        score += p.w_severe
+    elif rtt_delta > p.delta_high:
+        score += p.w_high
+    if len(drops) >= 3:
+        last = drops[-1]
+        if last > drops[-3] and last > 0:
+            score += p.w_drops
+    if len(queues) >= 2 and queues[-1] > p.queue_high and queues[-2] > p.queue_high:
+        score += p.w_queue
+    if wan_zone == "RED":
+        score += p.w_wan_red
+    elif wan_zone == "SOFT_RED":
+        score += p.w_wan_soft_red
+    return 100 if score > 100 else score
 
 
 class Hysteresis(msgspec.Struct, gc=False):
@@ -409,6 +443,15 @@ class Engine:
         self.quality_running = QUALITY in running
         self.flap_running = self.confidence_running and cfg.flap.enabled
         self._summaries = bool(self.alternates) and self.quality_running
+        # Constants of process()'s inline path (the quality policy driving).
+        self._quality_fast = self.driving_quality
+        self._quality_keep = _quality.kept_s(cfg.quality)
+        self._max_enables = cfg.quality.flap.max_enables
+        self._enable_window = cfg.quality.flap.window_s
+        p = self.params
+        self._calm_threshold = p.steer
+        self._calm = (0, p.steer, False)
+        self._calm_penalty = (0, p.steer + p.penalty_add, True)
 
     @property
     def counters(self) -> dict[str, int]:
@@ -454,10 +497,99 @@ class Engine:
             decisions = self._run_quality(w, s, None)
             return Outcome(self._number(w, decisions), IGNORED) if decisions else _IGNORED_NONE
         self._counters["scored"] += 1
-        state, rtt_delta = self._assess(w, s, rtt, base, drops, queue)
-        decisions = self._run_2b_2a(w, s, state, rtt_delta, drops)
-        if self.quality_running:
-            decisions = self._run_quality(w, s, state, decisions)
+
+        # Sections 5.2-5.3 (gap check, EWMA, the sample's state, the histories).
+        p = self.params
+        last = w.last_scored_t
+        if last is not None and t - last > p.max_gap + TOL:
+            self._counters["gaps"] += 1
+            w.clear_runs()
+        w.last_scored_t = t
+        rtt_delta = rtt - base if rtt > base else 0.0
+        ewma = w.ewma
+        ewma = rtt_delta if ewma is None else ewma + p.alpha * (rtt_delta - ewma)
+        w.ewma = ewma
+        state = s.cake_state
+        if state is None:
+            if ewma > p.red_rtt and drops >= p.min_drops_red and queue >= p.min_queue_red:
+                state = "RED"
+            elif ewma > p.soft_red_rtt:
+                state = "SOFT_RED"
+            elif ewma > p.yellow_rtt or queue >= p.min_queue_yellow:
+                state = "YELLOW"
+            else:
+                state = "GREEN"
+        states = w.states
+        states.append(state)
+        w.drops.append(drops)
+        w.queues.append(queue)
+        if len(states) > _HISTORY_MAX:
+            # Section 5.4 looks at the last 3 entries at most; trim in batches.
+            del states[:-3], w.drops[:-3], w.queues[:-3]
+
+        if not (fast and self._quality_fast):
+            decisions = self._run_2b_2a(w, s, state, rtt_delta, drops)
+            if self.quality_running:
+                decisions = self._run_quality(w, s, state, decisions)
+            if decisions:
+                return Outcome(self._number(w, decisions), SCORED)
+            return _SCORED_NONE
+
+        # The quality policy driving, on a complete sample without the optional
+        # fields: the common cases of _run_2b_2a and quality.step inline, the
+        # same steps in the same order (the differential tests hold them to it).
+        cp = w.confidence_policy
+        until = cp.penalty_until
+        penalty = until is not None and self.flap_running and t < until - TOL
+        q = w.quality
+        fb = w.fallback
+        hp = w.hysteresis_policy
+        if (state == "GREEN" and rtt_delta <= p.delta_high and drops == 0.0 and queue <= p.queue_high
+                and cp.state == GOOD and cp.degrade_start is None and fb.count == 0 and fb.state == GOOD
+                and q.state == GOOD and hp.count == 0 and hp.state == GOOD and self._calm_threshold > 0):
+            # Healthy, nothing running: 2B scores 0 below its threshold, 2A counts nothing.
+            w.last_score = self._calm_penalty if penalty else self._calm
+            decisions = _NONE
+        else:
+            decisions = self._run_2b_2a(w, s, state, rtt_delta, drops)
+
+        # quality.step up to its common case (rules 1-3: prune, baseline, classify).
+        qc = self.quality_cfg
+        wt, wf = q.win_t, q.win_flag
+        cutoff = t - self._quality_keep + TOL
+        if wt and wt[0] <= cutoff:
+            drop = _bisect_right(wt, cutoff)  # the times ascend
+            if drop == 1:
+                q.bad_kept -= wf[0] & _BAD
+            else:
+                for f in wf[:drop]:
+                    q.bad_kept -= f & _BAD
+            del wt[:drop], wf[:drop], q.win_delay[:drop], q.win_rtt[:drop]
+        qb = q.base
+        if (q.state == DEGRADED or q.bad_kept > 0) and qb is not None:
+            if base < qb:
+                q.base = qb = base
+        else:
+            q.base = qb = base
+        d = rtt - qb if rtt > qb else 0.0
+        if d >= qc.delay_bad_ms:
+            flags = _BAD | _SEVERE if d >= qc.delay_severe_ms else _BAD
+        elif d < qc.delay_good_ms:
+            flags = _GOOD_SAMPLE
+        else:
+            flags = 0
+        wt.append(t)
+        wf.append(flags)
+        q.win_delay.append(d)
+        q.win_rtt.append(rtt)
+        q.bad_kept += flags & _BAD
+        if q.state == GOOD and not q.bad_kept:
+            enables = q.enables
+            capped = len(enables) >= self._max_enables and t - enables[0] < self._enable_window - TOL
+            q.hold = None
+            q.last_score, q.last_threshold, q.last_capped = 0, 101 if capped else qc.steer_share_pct, capped
+        else:
+            decisions = self._run_quality(w, s, state, decisions, flags)
         if decisions:
             return Outcome(self._number(w, decisions), SCORED)
         return _SCORED_NONE
@@ -561,16 +693,18 @@ class Engine:
             if fb.count or state == _TOWARD[fb.state]:
                 fb.count_sample(state, t)
 
-        confidence, contributors = 0, _NO_CONTRIBUTORS
+        confidence = 0
+        scored = False  # the contributors are built for a decision only (_why)
         try:
             # A healthy sample fails every condition of section 5.4 (no state
             # weight, RTT delta not high, no drops, queue not high, no zone):
             # it scores 0 without the call.
             if (state != "GREEN" or wan_zone is not None or rtt_delta > p.delta_high
                     or drops != 0.0 or queue > p.queue_high):
-                confidence, contributors = confidence_score(
-                    p, state, rtt_delta, w.states, w.drops, queue_history, wan_zone
-                )
+                confidence = confidence_score(
+                    p, state, rtt_delta, w.states, w.drops, queue_history, wan_zone, False
+                )[0]
+                scored = True
             # (GOOD, below the threshold and no run to clear is by far the most
             # common case, and a no-op: skip the call.)
             if self.confidence_running and (confidence >= threshold or cp.state != GOOD
@@ -578,7 +712,8 @@ class Engine:
                 sustained = cp.step(p, t, confidence, threshold, state, rtt_delta, drops, wan_zone)
                 if sustained is not None:
                     decisions = [self._decision(s, CONFIDENCE, self.driving_confidence, False, cp.state,
-                                                confidence, threshold, penalty, contributors, sustained)]
+                                                confidence, threshold, penalty,
+                                          self._why(scored, w, state, rtt_delta, wan_zone), sustained)]
         except Exception:
             self._counters["confidence_errors"] += 1
             if self.driving_confidence:
@@ -589,14 +724,16 @@ class Engine:
                     cp.enter(p, DEGRADED if fb.state == GOOD else GOOD, t)
                     fb.change(cp.state)
                     decisions = [self._decision(s, HYSTERESIS, True, True, cp.state, confidence,
-                                                threshold, penalty, contributors, sustained)]
+                                                threshold, penalty,
+                                                self._why(scored, w, state, rtt_delta, wan_zone), sustained)]
 
         if self.hysteresis_running:
             hp = w.hysteresis_policy
             sustained = hp.step(state, t, p) if hp.count or state == _TOWARD[hp.state] else None
             if sustained is not None:
                 decision = self._decision(s, HYSTERESIS, self.driving == HYSTERESIS, False, hp.state,
-                                          confidence, threshold, penalty, contributors, sustained)
+                                          confidence, threshold, penalty,
+                                          self._why(scored, w, state, rtt_delta, wan_zone), sustained)
                 # The driving policy's decision is emitted first.
                 if self.driving == HYSTERESIS:
                     decisions = [decision, *decisions]
@@ -605,13 +742,26 @@ class Engine:
         w.last_score = (confidence, threshold, penalty)
         return decisions
 
-    def _run_quality(self, w: WanScorer, s: Telemetry, state: str | None, decisions=_NONE) -> list:
+    def _why(self, scored: bool, w: WanScorer, state: str, rtt_delta: float, wan_zone: str | None) -> list[str]:
+        """The contributors of this sample's 2B score, for a decision (none when it was not scored)."""
+        if not scored:
+            return _NO_CONTRIBUTORS
+        return confidence_score(self.params, state, rtt_delta, w.states, w.drops, w.queues, wan_zone)[1]
+
+    def _run_quality(self, w: WanScorer, s: Telemetry, state: str | None, decisions=_NONE,
+                     flags: int | None = None) -> list:
         """The quality policy (docs/scoring.md) on one accepted sample; with the
-        fallback of section 5.6 when it raises while driving."""
+        fallback of section 5.6 when it raises while driving.  With ``flags``,
+        ``quality.step`` has run up to its common case already (``process``):
+        only ``quality.judge`` is left."""
         q = w.quality
         held = q.hold
         try:
-            verdict = _quality.step(self.quality_cfg, q, s, self._alternate_view(w, s))
+            alternate = self._alternate_view(w, s) if self.alternates else None
+            if flags is None:
+                verdict = _quality.step(self.quality_cfg, q, s, alternate)
+            else:
+                verdict = _quality.judge(self.quality_cfg, q, s, alternate, flags)
         except Exception:
             self._counters["quality_errors"] += 1
             if not self.driving_quality or state is None:

@@ -14,6 +14,8 @@ happens while steered).
 
 from __future__ import annotations
 
+from bisect import bisect_right as _bisect_right
+
 import msgspec
 
 from proto.config import Quality
@@ -235,23 +237,36 @@ def step(
         st.hold = None
         st.last_score, st.last_threshold, st.last_capped = 0, 101 if capped else q.steer_share_pct, capped
         return None
+    return judge(q, st, s, alternate, flags)
 
+
+def judge(
+    q: Quality, st: QualityState, s: Telemetry,
+    alternate: tuple[str | None, float | None, float, float | None] | None, flags: int,
+) -> Verdict | None:
+    """Rules 4-8 on a measured sample already in the window (with ``flags``),
+    when the window holds a bad sample or the policy is steered (the rest of ``step``)."""
+    t = s.t
+    wt, wf, wd, wr = st.win_t, st.win_flag, st.win_delay, st.win_rtt
     # The steering window.
     cutoff = t - q.window_s + TOL
-    n = n_bad = n_lost = 0
+    # The window's times ascend: its samples after the cutoff are a tail.
+    first = _bisect_right(wt, cutoff)
+    n = len(wt) - first
+    n_bad = n_lost = 0
     oldest_bad = None
-    for x, f in zip(wt, wf):
-        if x <= cutoff:
-            continue
-        n += 1
+    i = first
+    for f in wf[first:]:
         if f & BAD:
             n_bad += 1
             if oldest_bad is None:
-                oldest_bad = x
+                oldest_bad = wt[i]
         if f & LOST:
             n_lost += 1
+        i += 1
     score = n_bad * 100 // n if n else 0
-    capped = st.capped(q, t)
+    enables = st.enables
+    capped = len(enables) >= q.flap.max_enables and t - enables[0] < q.flap.window_s - TOL  # st.capped(q, t)
     threshold = 101 if capped else q.steer_share_pct
 
     decision = None
@@ -282,14 +297,16 @@ def step(
                 since = oldest_sev
                 severe_share = n_sev * 100 // ns
         if wants:
-            hold = harm(q, alternate, _window_rtt(wt, wr, cutoff), n_lost * 100.0 / n, t)
+            hold = None if alternate is None else harm(q, alternate, _window_rtt(wt, wr, cutoff),
+                                                       n_lost * 100.0 / n, t)
             if hold is None and capped:
                 hold = FLAP_HOLD
             if hold is None:
                 decision = DEGRADED
                 sustained = t - since
     else:
-        hold = harm(q, alternate, _window_rtt(wt, wr, cutoff), n_lost * 100.0 / n if n else 0.0, t)
+        hold = None if alternate is None else harm(q, alternate, _window_rtt(wt, wr, cutoff),
+                                                   n_lost * 100.0 / n if n else 0.0, t)
         if hold is not None:
             decision = GOOD  # steer back: the alternate is no better place
         elif st.hold_down_until is None or t >= st.hold_down_until - TOL:

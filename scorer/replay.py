@@ -11,12 +11,9 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, BinaryIO, Iterable, Optional
+from typing import BinaryIO, Iterable
 
 import msgspec
-import typer
-
-from runtime import cli
 
 from proto.config import config_or_exit
 from proto.messages import Telemetry
@@ -136,28 +133,14 @@ class Replay:
         )
 
 
-def replay(
-    trace: Annotated[Path, typer.Argument(help="JSONL telemetry trace, e.g. recorded with `wanctl-tap --json`.")],
-    config: Annotated[Path, typer.Option("--config", help="wanctl.yaml; its scorer section is used.")],
-    out: Annotated[Optional[Path], typer.Option("--out", help="Write decisions here instead of stdout.")] = None,
-    strict: Annotated[bool, typer.Option("--strict", help="Stop with exit 1 at the first invalid line.")] = False,
-    set_: Annotated[
-        Optional[list[str]],
-        typer.Option("--set", help="Override a config key, e.g. scorer.confidence.steer_threshold=60 (repeatable)."),
-    ] = None,
-    version: Annotated[bool, cli.version_option(annotated=True)] = False,
-) -> None:
-    """Run the scorer engine offline over TRACE and print the decisions it emits.
-
-    Invalid lines are skipped and reported on stderr with their line number and
-    reason; exit 1 with --strict on the first one, exit 2 on a bad config.
-    """
-    cfg = config_or_exit("wanctl-replay", config, set_ or [])
+def run_replay(trace: Path, config: Path, out: Path | None, strict: bool, sets: list[str]) -> int:
+    """The whole command: the exit status of replaying ``trace`` under ``config``."""
+    cfg = config_or_exit("wanctl-replay", config, sets)
     try:
         source = trace.open("rb")
     except OSError as error:
         print(f"wanctl-replay: cannot read trace {trace}: {error.strerror}", file=sys.stderr)
-        raise typer.Exit(EXIT_INVALID_LINE)
+        return EXIT_INVALID_LINE
     run = Replay(Engine(cfg.scorer, wans=cfg.wans))
     with source:
         if out is None:
@@ -167,15 +150,57 @@ def replay(
             except BrokenPipeError:  # e.g. `wanctl-replay ... | head`: the reader has had enough
                 # Point stdout at /dev/null so the interpreter's final flush stays quiet.
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-                raise typer.Exit(0)
+                return 0
         else:
             with out.open("wb") as sink:
                 code = run.run(source, sink, strict)
     print(run.summary(), file=sys.stderr)
-    raise typer.Exit(code)
+    return code
+
+
+def _plain_arguments(argv: list[str]) -> tuple[Path, Path, Path | None, bool, list[str]] | None:
+    """The arguments of an everyday command line (TRACE, --config, and --out, --strict,
+    --set), or None for anything else (help, --version, a mistake, an unusual
+    spelling): the command-line parser takes those.  Parsing the common case
+    here saves a replay the parser's start-up."""
+    trace = config = out = None
+    strict = False
+    sets: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if not arg.startswith("-"):
+            if trace is not None or not arg:
+                return None
+            trace = arg
+            continue
+        name, eq, value = arg.partition("=")
+        if name == "--strict" and not eq:
+            strict = True
+            continue
+        if name not in ("--config", "--out", "--set"):
+            return None
+        if not eq:
+            value = next(args, "")
+        if not value or value.startswith("-"):
+            return None
+        if name == "--set":
+            sets.append(value)
+        elif name == "--config" and config is None:
+            config = value
+        elif name == "--out" and out is None:
+            out = value
+        else:
+            return None
+    if trace is None or config is None:
+        return None
+    return Path(trace), Path(config), None if out is None else Path(out), strict, sets
 
 
 def main() -> None:
-    app = cli.app()
-    app.command(cls=cli.Command)(replay)
-    app()
+    plain = _plain_arguments(sys.argv[1:])
+    if plain is None:
+        from scorer.replay_cli import app  # help, --version and mistakes: the house CLI
+
+        app()
+    else:
+        sys.exit(run_replay(*plain))

@@ -330,7 +330,9 @@ def test_a_failing_quality_policy_falls_back_to_hysteresis_for_the_driving_state
     engine = engine_for(config())
     feed = Feed()
     decide(engine, feed.run(3, 0.5, **IDLE))
+    # Both entry points: the engine runs the common case of step inline and judge for the rest.
     monkeypatch.setattr(quality_module, "step", lambda *a: 1 / 0)
+    monkeypatch.setattr(quality_module, "judge", lambda *a: 1 / 0)
     (d,) = decide(engine, feed.run(2, 0.5, rtt_ms=170.0, drops_per_sec=8.0, queue_depth_pct=80.0))
     assert (d.policy, d.driving, d.fallback, d.decision) == ("hysteresis", True, True, "ENABLE_STEERING")
     q = engine.wans["wan1"].quality
