@@ -640,38 +640,6 @@ class Engine:
             return TOO_MANY_WANS
         return None
 
-    def _assess(self, w: WanScorer, s: Telemetry, rtt: float, base: float, drops: float,
-                queue: float) -> tuple[str, float]:
-        """Sections 5.2-5.3: gap check, EWMA, the sample's state, the histories."""
-        p = self.params
-        t = s.t
-        if w.last_scored_t is not None and t - w.last_scored_t > p.max_gap + TOL:
-            self._counters["gaps"] += 1
-            w.clear_runs()
-        w.last_scored_t = t
-        rtt_delta = rtt - base if rtt > base else 0.0
-        ewma = w.ewma
-        ewma = rtt_delta if ewma is None else ewma + p.alpha * (rtt_delta - ewma)
-        w.ewma = ewma
-        state = s.cake_state
-        if state is None:
-            if ewma > p.red_rtt and drops >= p.min_drops_red and queue >= p.min_queue_red:
-                state = "RED"
-            elif ewma > p.soft_red_rtt:
-                state = "SOFT_RED"
-            elif ewma > p.yellow_rtt or queue >= p.min_queue_yellow:
-                state = "YELLOW"
-            else:
-                state = "GREEN"
-        states, drop_history, queue_history = w.states, w.drops, w.queues
-        states.append(state)
-        drop_history.append(drops)
-        queue_history.append(queue)
-        if len(states) > _HISTORY_MAX:
-            # Section 5.4 looks at the last 3 entries at most; trim in batches.
-            del states[:-3], drop_history[:-3], queue_history[:-3]
-        return state, rtt_delta
-
     def _run_2b_2a(self, w: WanScorer, s: Telemetry, state: str, rtt_delta: float, drops: float) -> list:
         """Sections 5.4-5.6: score, timers, flap brake, hysteresis, the fallback."""
         p = self.params
