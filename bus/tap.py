@@ -62,10 +62,12 @@ def human(message: Message) -> str:
     clock = datetime.now().strftime("%H:%M:%S.%f")[:-3]
     if isinstance(message, Telemetry):
         steering = {None: "?", True: "on", False: "off"}[message.steering_active]
-        return (f"{clock} telemetry  {message.wan:<8} #{message.seq} rtt={_f(message.rtt_ms, 'ms')} "
-                f"base={_f(message.baseline_rtt_ms, 'ms')} drops={_f(message.drops_per_sec, '/s')} "
-                f"queue={_f(message.queue_depth_pct, '%')} zone={message.wan_zone or '-'} "
-                f"steering={steering}")
+        probe = "" if message.rtt_status in (None, "ok") else f"({message.rtt_status})"
+        loss = "" if not message.loss_pct else f" loss={_f(message.loss_pct, '%', 0)}"
+        return (f"{clock} telemetry  {message.wan:<8} #{message.seq} rtt={_f(message.rtt_ms, 'ms')}{probe} "
+                f"base={_f(message.baseline_rtt_ms, 'ms')}{loss} drops={_f(message.drops_per_sec, '/s')} "
+                f"queue={_f(message.queue_depth_pct, '%')}/{_f(message.queue_delay_ms, 'ms')} "
+                f"zone={message.wan_zone or '-'} steering={steering}")
     if isinstance(message, Decision):
         role = "driving" if message.driving else "shadow"
         if message.fallback:
