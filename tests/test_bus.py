@@ -4,7 +4,6 @@ stages stop on SIGTERM within a second, and bad configs exit 2 before any socket
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 
@@ -17,20 +16,9 @@ from bus import sockets as bus
 from proto.config import ConfigError
 from proto.messages import Heartbeat, Telemetry, to_msgpack
 from tests.supervisor_harness import (
-    BIN, BusClient, Stage, decision_seqs, free_port, load, short_tmp, stop_all, wait_for, write_config,
+    BIN, BusClient, Stage, decision_seqs, free_port, load, wait_for, write_config,
 )
 from tests.support import INSTANT, congested, idle
-
-
-@pytest.fixture
-def workdir():
-    directory = short_tmp()
-    stages: list[Stage] = []
-    yield directory, stages
-    try:
-        stop_all(stages)
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def start(stages, directory, config, *names):

@@ -4,7 +4,6 @@ tcp on loopback with a real wanctl-bus."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 
@@ -19,7 +18,7 @@ from bus import keys as bus_keys
 from bus import sockets as bus
 from proto.config import ConfigError
 from proto.messages import Heartbeat, Telemetry, to_msgpack
-from tests.supervisor_harness import BIN, BusClient, Stage, free_port, load, short_tmp, stop_all, write_config
+from tests.supervisor_harness import BIN, BusClient, Stage, free_port, load, write_config
 from tests.support import idle, wait_for
 
 # --- the frame decoder -------------------------------------------------------------
@@ -82,17 +81,6 @@ def test_huge_and_deep_frames_are_dropped_as_malformed():
 
 
 # --- per-host CURVE keys -------------------------------------------------------------
-
-
-@pytest.fixture
-def workdir():
-    directory = short_tmp()
-    stages: list[Stage] = []
-    yield directory, stages
-    try:
-        stop_all(stages)
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_wanctl_keys_makes_a_bundle_per_host_with_only_its_own_secret(tmp_path):
