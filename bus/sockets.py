@@ -27,7 +27,7 @@ import msgspec
 import zmq
 
 from proto.config import (
-    MAX_CA_BYTES, Config, ConfigError, config_or_exit, read_small_file, resolve_path, router_password,
+    MAX_CA_BYTES, Config, ConfigError, config_or_exit, read_small_file, require_wans, resolve_path, router_password,
 )
 from proto.messages import KINDS, SCHEMA_VERSION, Message, from_msgpack, to_msgpack, topic
 
@@ -528,8 +528,7 @@ def load_stage_config(path: str | None, stage: str, *, needs_router: bool = Fals
     def check(cfg: Config) -> None:
         check_bus(cfg, stage)
         if needs_router:
-            if not cfg.wans:
-                raise ConfigError([f"wans: the {stage} needs at least one WAN, got []"])
+            require_wans(cfg, stage)
             router_password(cfg)
             check_tls_ca(cfg)
 

@@ -783,6 +783,13 @@ def config_or_exit(prog: str, path: str | os.PathLike | None, overrides: list[st
     return cfg
 
 
+def require_wans(cfg: Config, who: str) -> None:
+    """A command that works on the WANs (a stage that talks to the router, the router set-up
+    script and check) needs at least one."""
+    if not cfg.wans:
+        raise ConfigError([f"wans: the {who} needs at least one WAN, got []"])
+
+
 def apply_override(raw: dict, assignment: str) -> None:
     """Apply ``a.b.c=value`` (value parsed as YAML) to a raw config mapping."""
     key, sep, value = assignment.partition("=")

@@ -24,7 +24,7 @@ from typing import Optional
 
 import typer
 
-from proto.config import Config, ConfigError, Wan, config_or_exit, router_password
+from proto.config import Config, ConfigError, Wan, config_or_exit, require_wans, router_password
 from routeros.link import RouterLink, RouterTrap, RouterUnreachable, clip
 from routeros.names import ADDRESS_LIST, MANGLE, lease_list
 from runtime import cli
@@ -177,10 +177,7 @@ def command(config: str = typer.Option(None, "--config", metavar="PATH", envvar=
             read_only: bool = typer.Option(False, "--read-only",
                                            help="skip the lease write probe: nothing is written to the router")
             ) -> None:
-    cfg = config_or_exit("wanctl-check", config)
-    if not cfg.wans:
-        print("wanctl-check: config error: wans: at least one WAN is needed, got []", file=sys.stderr)
-        raise SystemExit(2)
+    cfg = config_or_exit("wanctl-check", config, check=lambda c: require_wans(c, "router check"))
     checks = run_checks(cfg, read_only=read_only, out=sys.stdout)
     failed = [c for c in checks if not c.ok]
     print(f"{len(checks) - len(failed)} ok, {len(failed)} failed", flush=True)

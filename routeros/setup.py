@@ -40,7 +40,7 @@ from typing import Optional
 
 import typer
 
-from proto.config import Config, Wan, config_or_exit
+from proto.config import Config, Wan, config_or_exit, require_wans
 from routeros.names import lease_list
 from runtime import cli
 
@@ -221,10 +221,7 @@ def command(config: str = typer.Option(None, "--config", metavar="PATH", envvar=
             wanctl_host: Optional[str] = typer.Option(None, "--wanctl-host", metavar="ADDRESS",
                                                       help="address of the host wanctl runs on: the API user and "
                                                            "service accept only it [default: a placeholder]")) -> None:
-    cfg = config_or_exit("wanctl-routeros-setup", config)
-    if not cfg.wans:
-        print("wanctl-routeros-setup: config error: wans: at least one WAN is needed, got []", file=sys.stderr)
-        raise SystemExit(2)
+    cfg = config_or_exit("wanctl-routeros-setup", config, check=lambda c: require_wans(c, "router set-up script"))
     sys.stdout.write(render_rsc(cfg, setup_commands(cfg, wanctl_host), config or "the default config"))
 
 
