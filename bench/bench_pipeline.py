@@ -75,12 +75,10 @@ def raw_echo(sub_ep: str, pub_ep: str) -> None:
         pub.send_multipart(frames)
 
 
-def raw_sink(sub_ep: str, report_ep: str) -> None:
-    ctx = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.rcvhwm = 100_000
-    sub.subscribe(b"")
-    sub.bind(sub_ep)
+def count_decoded(ctx: zmq.Context, sub: zmq.Socket, report_ep: str, batch: int, every_s: float,
+                  topic: bytes = b"") -> None:
+    """Decode every frame ``sub`` receives on a topic starting with ``topic`` and PUSH the
+    running count to ``report_ep`` every ``every_s``, until a ``stop`` frame arrives."""
     report = ctx.socket(zmq.PUSH)
     report.connect(report_ep)
     decode = msgspec.msgpack.Decoder(Telemetry).decode
@@ -88,22 +86,32 @@ def raw_sink(sub_ep: str, report_ep: str) -> None:
     report_due = 0.0
     while True:
         if sub.poll(20):
-            for _ in range(100):
+            for _ in range(batch):
                 try:
                     frames = sub.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     break
                 if frames[0] == b"stop":
                     return
-                decode(frames[1])
-                received += 1
+                if frames[0].startswith(topic):
+                    decode(frames[-1])
+                    received += 1
         now = time.monotonic()
         if now >= report_due:
-            report_due = now + 0.05
+            report_due = now + every_s
             try:
                 report.send_pyobj(received, zmq.NOBLOCK)
             except zmq.Again:
                 pass
+
+
+def raw_sink(sub_ep: str, report_ep: str) -> None:
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.rcvhwm = 100_000
+    sub.subscribe(b"")
+    sub.bind(sub_ep)
+    count_decoded(ctx, sub, report_ep, batch=100, every_s=0.05)
 
 
 # --- 1. latency ---------------------------------------------------------------------
@@ -142,35 +150,18 @@ def latency_pipeline(directory: Path, n: int) -> list[float]:
 
 
 def latency_raw(directory: Path, n: int) -> list[float]:
-    a, b = f"ipc://{directory}/ra.sock", f"ipc://{directory}/rb.sock"
-    echo = subprocess.Popen([sys.executable, __file__, "--raw-echo", a, b])
-    ctx = zmq.Context()
-    pub = ctx.socket(zmq.PUB)
-    pub.connect(a)
-    sub = ctx.socket(zmq.SUB)
-    sub.subscribe(b"")
-    sub.connect(b)
+    """``n`` round trips through a raw pyzmq echo process, 5 ms apart."""
+    measure, close = latency_raw_setup(directory)
     try:
-        payload = to_msgpack(sample(1, 1.0, "wan1", True))
-        # Wait until the echo answers (connections up), then measure.
-        wait_for(lambda: (pub.send_multipart([b"telemetry.wan1", payload]), sub.poll(100))[1], 15, "raw echo")
-        while sub.poll(100):
-            sub.recv_multipart()
         latencies = []
         for _ in range(n):
-            sent = time.perf_counter()
-            pub.send_multipart([b"telemetry.wan1", payload])
-            if sub.poll(5000):
-                sub.recv_multipart()
-                latencies.append(time.perf_counter() - sent)
+            took = measure()
+            if took is not None:
+                latencies.append(took)
             time.sleep(0.005)
-        pub.send_multipart([b"stop"])
         return latencies
     finally:
-        echo.wait(5)
-        pub.close(0)
-        sub.close(0)
-        ctx.term()
+        close()
 
 
 def latency_raw_setup(directory: Path):

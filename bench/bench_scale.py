@@ -41,7 +41,7 @@ import zmq
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_pipeline import latency_raw_setup, pct  # noqa: E402
+from bench_pipeline import count_decoded, latency_raw_setup, pct  # noqa: E402
 from bus import sockets as bus  # noqa: E402
 from proto.messages import Decision, Heartbeat, Telemetry, to_msgpack  # noqa: E402
 from tests.supervisor_harness import BIN, Stage, load, short_tmp, wait_for, write_config  # noqa: E402
@@ -98,30 +98,7 @@ def decode_sink(config: str, report_ep: str) -> None:
     ctx = zmq.Context()
     sub = bus.subscriber(ctx, cfg, [b"telemetry.", b"stop"])
     sub.rcvhwm = 100_000
-    report = ctx.socket(zmq.PUSH)
-    report.connect(report_ep)
-    decode = msgspec.msgpack.Decoder(Telemetry).decode
-    received = 0
-    due = 0.0
-    while True:
-        if sub.poll(20):
-            for _ in range(1000):
-                try:
-                    frames = sub.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                if frames[0] == b"stop":
-                    return
-                if frames[0].startswith(b"telemetry."):
-                    decode(frames[-1])
-                    received += 1
-        now = time.monotonic()
-        if now >= due:
-            due = now + 0.02
-            try:
-                report.send_pyobj(received, zmq.NOBLOCK)
-            except zmq.Again:
-                pass
+    count_decoded(ctx, sub, report_ep, batch=1000, every_s=0.02, topic=b"telemetry.")
 
 
 def scorer_stage(config: Path, directory: Path, tree: Path | None):
