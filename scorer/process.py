@@ -317,8 +317,8 @@ class EngineMetrics:
         return max(grew, 0)
 
     def sync(self, core: ScorerCore, states: list[State], now: float) -> None:
+        """The metrics of the WANs whose ``states`` are published now (not all of them)."""
         health, m, engine = self.health, self.health.metrics, core.engine
-        health.sync_rejected(engine.rejected)
         active_now = {state.wan: state.flap_penalty_remaining_s is not None for state in states}
         for state in states:
             health.observe_state(state)
@@ -340,6 +340,12 @@ class EngineMetrics:
                 if expired > 0:
                     m.timer_expiries.labels(wan=wan, timer="flap_penalty").inc(expired)
             self._penalty_active[wan] = active
+
+    def sync_engine(self, core: ScorerCore, now: float) -> None:
+        """What concerns the whole engine (rejections, policy failures, the details, whose
+        holds cover every WAN): once per heartbeat, not with every slice of states."""
+        health, engine = self.health, core.engine
+        health.sync_rejected(engine.rejected)
         errors = engine.counters["confidence_errors"] + engine.counters["quality_errors"]
         if self._confidence_errors is not None and errors > self._confidence_errors:
             self._confidence_error_at = now
@@ -435,6 +441,7 @@ def run(cfg: Config) -> int:
         refresh = StateRefresh(engine, s.state_interval_s, now)
         persist_due = now + s.persist_interval_s
         metrics.sync(core, engine.states(), now)
+        metrics.sync_engine(core, now)
         poller = zmq.Poller()
         poller.register(sub, zmq.POLLIN)
         poller.register(journal_sock, zmq.POLLIN)
@@ -516,6 +523,7 @@ def run(cfg: Config) -> int:
                 persist_due = now + s.persist_interval_s
             if now >= stage.beats.due:
                 health.sync_dropped(stage.decoder.counters)
+                metrics.sync_engine(core, now)
                 stage.heartbeat(now)
     log.info("scorer stopped at decision seq %d", core.journal.last_seq)
     return 0

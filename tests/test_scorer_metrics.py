@@ -39,6 +39,7 @@ def feed(core: ScorerCore, metrics: EngineMetrics, make, seq: int, t: float) -> 
     for decision in core.on_telemetry(make(seq, t)):
         metrics.decided(decision)
     metrics.sync(core, core.engine.states(), now=t)
+    metrics.sync_engine(core, now=t)  # the scorer loop does this once per heartbeat
 
 
 def test_timers_flap_brake_and_rejections_become_metrics(directory):
@@ -73,7 +74,9 @@ def test_timers_flap_brake_and_rejections_become_metrics(directory):
     # A restarted scorer's counters carry on from the engine's persisted totals (no reset, no double count).
     again = ScorerCore(scorer_config(directory), epoch=2)
     health2 = Health("scorer", port=None)
-    EngineMetrics(health2, again.cfg).sync(again, again.engine.states(), now=0.0)
+    metrics2 = EngineMetrics(health2, again.cfg)
+    metrics2.sync(again, again.engine.states(), now=0.0)
+    metrics2.sync_engine(again, now=0.0)
     m2 = samples(health2)
     assert m2[("wanctl_flap_brake_activations_total", (wan,))] == 1
     assert m2[("wanctl_timer_resets_total", (("timer", "degrade"), wan))] == 1
