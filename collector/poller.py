@@ -49,6 +49,7 @@ from collector.probe import IcmpProbe
 from routeros.link import Backoff, Command, LinkStopped, RouterLink, RouterTrap, RouterUnreachable, clip, parse_duration
 from proto.config import Config, Wan, resolve_path
 from proto.messages import CAKE_STATES, Telemetry
+from runtime.storage import write_atomic
 
 log = logging.getLogger("wanctl.collector")
 
@@ -291,14 +292,8 @@ class Collector:
         self._saved_at = now
         state = {"wans": {w.wan.name: {"baseline_rtt_ms": w.baseline.value, "targets": w.targets}
                           for w in self.wans if w.baseline.value is not None}}
-        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
         try:
-            self.state_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "w") as f:
-                json.dump(state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.state_path)
+            write_atomic(self.state_path, json.dumps(state).encode())
         except OSError as error:
             self._counters["state_write_failures"] += 1
             log.warning("collector state %s not written: %s", self.state_path, clip(error))

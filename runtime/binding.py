@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from proto.config import Config, resolve_path, router_address
+from runtime.storage import write_atomic
 
 log = logging.getLogger("wanctl.binding")
 
@@ -153,13 +154,7 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 
 def _write(path: Path, current: str, described: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump({"fingerprint": current, **described}, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps({"fingerprint": current, **described}, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _free_name(target: Path) -> Path:
