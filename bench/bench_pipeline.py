@@ -132,13 +132,9 @@ def latency_pipeline(directory: Path, n: int) -> list[float]:
         for i in range(1, n + 1):
             sent = time.perf_counter()
             bus.publish(pub, sample(i, float(i), "wan1", congested=i % 2 == 1))
-            deadline = sent + 5
-            while time.perf_counter() < deadline:
-                if sub.poll(1000):
-                    message = decoder.decode(sub.recv_multipart())
-                    if isinstance(message, Decision) and message.telemetry_seq == i:
-                        latencies.append(time.perf_counter() - sent)
-                        break
+            took = decision_after(sub, decoder, i, sent)
+            if took is not None:
+                latencies.append(took)
             time.sleep(0.005)
         return latencies
     finally:
@@ -147,6 +143,19 @@ def latency_pipeline(directory: Path, n: int) -> list[float]:
         ctx.term()
         for stage in reversed(stages):
             stage.stop()
+
+
+def decision_after(sub: zmq.Socket, decoder: bus.FrameDecoder, telemetry_seq: int, sent: float,
+                   timeout_s: float = 5.0) -> float | None:
+    """Seconds from ``sent`` until the decision on sample ``telemetry_seq`` arrives on ``sub``
+    (None after ``timeout_s``)."""
+    deadline = sent + timeout_s
+    while time.perf_counter() < deadline:
+        if sub.poll(1000):
+            message = decoder.decode(sub.recv_multipart())
+            if isinstance(message, Decision) and message.telemetry_seq == telemetry_seq:
+                return time.perf_counter() - sent
+    return None
 
 
 def latency_raw(directory: Path, n: int) -> list[float]:

@@ -41,7 +41,7 @@ import zmq
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_pipeline import count_decoded, latency_raw_setup, pct  # noqa: E402
+from bench_pipeline import count_decoded, decision_after, latency_raw_setup, pct  # noqa: E402
 from bus import sockets as bus  # noqa: E402
 from proto.messages import Decision, Heartbeat, Telemetry, to_msgpack  # noqa: E402
 from tests.supervisor_harness import BIN, Stage, load, short_tmp, wait_for, write_config  # noqa: E402
@@ -274,13 +274,9 @@ def latency(directory: Path, n: int) -> tuple[list[float], list[float]]:
                 frames = [b"telemetry.wan1", to_msgpack(sample)]
                 sent = time.perf_counter()
                 pub.send_multipart(frames)
-                deadline = sent + 5
-                while time.perf_counter() < deadline:
-                    if sub.poll(1000):
-                        m = decoder.decode(sub.recv_multipart())
-                        if isinstance(m, Decision) and m.telemetry_seq == seq:
-                            pipe.append(time.perf_counter() - sent)
-                            break
+                took = decision_after(sub, decoder, seq, sent)
+                if took is not None:
+                    pipe.append(took)
                 time.sleep(0.004)
             for _ in range(25):
                 got = raw_send()
