@@ -347,6 +347,16 @@ class DecisionJournal(DecisionFile):
         else:
             self._since_indexed += 1
 
+    def sync(self) -> None:
+        """As ``DecisionFile.sync``; lines a failed fsync cut off leave the memory too."""
+        try:
+            super().sync()
+        except AppendFailed:
+            kept = self.last_seq
+            self._recent = [entry for entry in self._recent if entry[0] <= kept]
+            self._index = [entry for entry in self._index if entry[0] <= kept]
+            raise
+
     def append_decisions(self, decisions: list[Decision]) -> list[bytes]:
         offset = self._size
         lines = super().append_decisions(decisions)

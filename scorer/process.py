@@ -8,20 +8,25 @@ from the socket together):
    of every WAN that decided (and of its alternate), the next seq, the
    engine's totals and the burst's decisions; one write, one fsync: this is
    the commit point;
-3. the decisions are appended to the journal;
+3. the decisions are appended to the journal (written, not yet fsync'd);
 4. only then are they published, with the ``state.<wan>`` of the WANs that
-   changed.
+   changed;
+5. the journal is fsync'd.  The record of step 2 already holds the
+   decisions, so this second fsync is off the path from sample to decision.
 
 A kill before 2 loses nothing anyone has seen: the older records restore the
 old state and the next samples decide again, with the same seq.  A kill
 between 2 and 3 is repaired on restart: decisions in the log's records (and
 the base's ``recent``) that are newer than the journal's last line are
-appended first.  The journal's lines of a burst are fsync'd together, so
-after a power loss too every decision is in the journal or in a record after
-the base.  The next seq is ``max(state, journal + 1)``.
+appended first.  A power loss between 2 and 5 is repaired the same way: the
+journal is fsync'd before every compaction, so every decision is in the
+journal or in a record after the base.  When the fsync of step 5 fails, the
+burst's lines are cut from the journal and its decisions wait in ``pending``
+again (recorded already) to be journaled, and published, once more; the
+logger takes each seq once.  The next seq is ``max(state, journal + 1)``.
 
 Every ``persist_interval_s`` (when anything was scored since), and whenever
-the log outgrows the base, the store is compacted: the whole engine as a new
+the log outgrows the base (checked after step 5), the store is compacted: the whole engine as a new
 base, then an empty log.  The once-a-second ``state.<wan>`` refresh of every
 WAN is spread over the second, a slice of WANs per turn of the loop.
 
@@ -71,8 +76,9 @@ class ScorerCore:
 
     ``score`` takes one sample and returns its decisions, not yet durable;
     ``commit`` makes everything scored since the last commit durable and
-    journaled, and returns the names of the WANs that decided.
-    ``on_telemetry`` is the two for one sample.
+    journaled, and returns the names of the WANs that decided;
+    ``sync_journal`` fsyncs the journal once they are published.
+    ``on_telemetry`` is the three for one sample.
     """
 
     def __init__(self, cfg: Config, *, epoch: int) -> None:
@@ -81,9 +87,10 @@ class ScorerCore:
         self.epoch = epoch
         self.state_path = resolve_path(cfg, s.state_path)
         self.store = StateStore(self.state_path)
-        # The state log's record is the commit point; the journal follows it, each line fsync'd
-        # (one fsync per burst of decisions: group commit).
-        self.journal = DecisionJournal(resolve_path(cfg, s.journal_path), fsync="always", window=JOURNAL_WINDOW)
+        # The state log's record is the commit point (one fsync per burst of decisions: group
+        # commit); the journal follows it and is fsync'd after the burst is published (sync_journal).
+        self.journal = DecisionJournal(resolve_path(cfg, s.journal_path), fsync="never", window=JOURNAL_WINDOW)
+        self._unsynced: list[Decision] = []  # journaled, published, not fsync'd in the journal yet
         self.tallies = {"journal_repaired": 0, "state_file_errors": 0, "replays_served": 0, "commit_errors": 0,
                         "state_records": 0, "state_compactions": 0, "commits": 0}
         self.alternates = {w.name: w.alternate for w in cfg.wans if w.alternate}
@@ -152,8 +159,9 @@ class ScorerCore:
         """
         if self.pending and self.commit() is None:
             return
+        if not self.sync_journal():
+            return
         try:
-            self.journal.sync()
             self.store.compact(self.engine.export(), self.journal.recent_lines(RECENT))
         except OSError as error:
             self._storage_failed(error)
@@ -201,19 +209,41 @@ class ScorerCore:
         except OSError as error:
             self._storage_failed(error)
             return None
+        self._unsynced.extend(self.pending)
         self.pending, self._recorded = [], 0
         changed, self._changed = list(self._changed), {}
         self.storage_error = None
         self.tallies["commits"] += 1
-        if self.store.wants_compaction():
-            self.persist()
         return changed
 
+    def sync_journal(self) -> bool:
+        """fsync the journal lines of the bursts committed since the last call (step 5).
+
+        On failure the journal cuts them off again; their decisions, in the state log
+        already, wait in ``pending`` to be journaled (and published) once more."""
+        try:
+            self.journal.sync()
+        except OSError as error:
+            self.pending, self._recorded = self._unsynced + self.pending, len(self._unsynced) + self._recorded
+            self._unsynced = []
+            self._storage_failed(error)
+            return False
+        self._unsynced = []
+        return True
+
+    def after_publishing(self) -> None:
+        """Step 5, and a compaction when the log has outgrown the base: the work of a
+        commit that no published decision has to wait for."""
+        if self.sync_journal() and self.store.wants_compaction():
+            self.persist()
+
     def on_telemetry(self, sample: Telemetry) -> list[Decision]:
-        """Score one sample; decisions come back committed and journaled ([] while storage fails)."""
+        """Score one sample; decisions come back committed, journaled and fsync'd ([] while storage fails)."""
         decisions = self.score(sample)
-        if decisions and self.commit() is None:
-            return []
+        if decisions:
+            if self.commit() is None:
+                return []
+            self.after_publishing()
         return decisions
 
     def _storage_failed(self, error: OSError) -> None:
@@ -479,6 +509,7 @@ def run(cfg: Config) -> int:
             changed = core.commit()
             if changed is not None:  # durable now; on a storage failure they wait
                 publish_decisions(decisions, changed)
+                core.after_publishing()
 
         while not stage.stopping:
             now = time.monotonic()

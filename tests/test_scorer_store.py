@@ -173,3 +173,34 @@ def test_sigkill_during_a_burst_across_many_wans_restores_every_wan_and_the_jour
     finally:
         client.close()
         stop_all(stages)
+
+
+def test_a_failed_journal_fsync_after_publishing_journals_the_burst_again_without_a_gap(directory):
+    """The journal is fsync'd after a burst is published; when that fsync fails the
+    burst's lines are cut off (file and memory) and its decisions, in the state log
+    already, wait to be journaled once more: the journal never skips a seq."""
+    cfg = load(write_config(directory, {"scorer": INSTANT_2B}))
+    core = ScorerCore(cfg, epoch=1)
+    core.on_telemetry(congested(1, 1.0, wan="a"))  # seq 1, fsync'd
+    records = core.tallies["state_records"]
+    core.score(idle(2, 2.0, wan="a"))
+    core.score(congested(3, 3.0, wan="a"))
+    assert core.commit() == ["a"]  # durable in the state log, in the journal file, not fsync'd there
+    assert core.tallies["state_records"] == records + 1
+    assert core.journal.last_seq == 3
+
+    def failing(fd):
+        raise OSError(5, "Input/output error")
+
+    core.journal._fsync = failing
+    assert core.sync_journal() is False
+    assert core.journal.last_seq == 1 and [d.seq for d in journal(cfg)] == [1]
+    assert core.journal.lines_after(0, 10) == core.journal.recent_lines(10) and len(core.journal.recent_lines(10)) == 1
+    assert [d.seq for d in core.pending] == [2, 3] and core.storage_error
+    core.journal._fsync = __import__("os").fsync
+    assert core.commit() == []  # journaled again; the state log is not written twice
+    assert core.tallies["state_records"] == records + 1
+    assert core.sync_journal() is True
+    core.on_telemetry(idle(4, 4.0, wan="a"))
+    assert [d.seq for d in journal(cfg)] == [1, 2, 3, 4]
+    assert core.storage_error is None
