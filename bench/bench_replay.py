@@ -9,8 +9,9 @@ and, interleaved run by run, a msgspec decode-only pass over the same trace
 whether memory is flat in length.
 
 Two configs: the default (quality driving, confidence and hysteresis as
-shadows) and Phase 2B with the 2A shadow alone (``policy: confidence,
-shadow: [hysteresis]``, the seed's default work).  ``--against OLD_TREE``
+shadows), also with ``--jobs 2`` (the two WANs in two processes), and
+Phase 2B with the 2A shadow alone (``policy: confidence, shadow:
+[hysteresis]``, the seed's default work).  ``--against OLD_TREE``
 also times the engine of another checkout (e.g. a copy of an older commit,
 run with this environment's interpreter and ``PYTHONPATH=OLD_TREE``) on the
 same trace and 2B/2A work, interleaved run by run with this tree's, so both
@@ -86,8 +87,9 @@ def write_trace(path: Path, samples: int, seed: int = 7) -> None:
         out.write(buf)
 
 
-def time_replay(trace: Path, config: Path, tree: Path | None = None) -> tuple[float, int, int]:
-    """(seconds, peak RSS in KiB, decisions) of one replay subprocess (of ``tree``'s code when given)."""
+def time_replay(trace: Path, config: Path, tree: Path | None = None, extra: tuple[str, ...] = ()) -> tuple[float, int, int]:
+    """(seconds, peak RSS in KiB, decisions) of one replay subprocess (of ``tree``'s code when given);
+    ``extra`` are more arguments (``--jobs 2``)."""
     if tree is None:
         command = [shutil.which("wanctl-replay", path=str(Path(sys.executable).parent))]
         env = None
@@ -106,7 +108,7 @@ def time_replay(trace: Path, config: Path, tree: Path | None = None) -> tuple[fl
         "print(dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.stdout.count(b'\\n'))\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", script, *command, str(trace), "--config", str(config)],
+        [sys.executable, "-c", script, *command, str(trace), "--config", str(config), *extra],
         capture_output=True, text=True, check=True, env=env, cwd=None if tree is None else str(tree),
     ).stdout.split()
     return float(out[0]), int(out[1]), int(out[2])
@@ -181,25 +183,31 @@ def main() -> None:
             trace = tmp / f"trace-{n}.jsonl"
             write_trace(trace, n)
             size = trace.stat().st_size
-            runs = {"default (quality + shadows)": [], "2B + 2A shadow": [], "2B + 2A shadow, old tree": []}
-            ratios = []
+            runs = {"default (quality + shadows)": [], "default, --jobs 2": [], "2B + 2A shadow": [],
+                    "2B + 2A shadow, old tree": []}
+            ratios, ratios2 = [], []
             for _ in range(args.runs):
                 decode_s = time_decode(trace)
                 runs["default (quality + shadows)"].append(time_replay(trace, default))
                 ratios.append((n / runs["default (quality + shadows)"][-1][0], n / decode_s))
+                runs["default, --jobs 2"].append(time_replay(trace, default, extra=("--jobs", "2")))
+                ratios2.append((n / runs["default, --jobs 2"][-1][0], n / decode_s))
                 runs["2B + 2A shadow"].append(time_replay(trace, seed))
                 if args.against is not None:
                     runs["2B + 2A shadow, old tree"].append(time_replay(trace, old_seed, args.against))
             for label, got in runs.items():
                 if got:
                     r = report(label, n, size, got)
-                    if label.startswith("default"):
+                    if label == "default (quality + shadows)":
                         rates = r
                         peak[n] = max(rss for _, rss, _ in got)
             print(f"  decode-only pass (msgspec, interleaved): "
                   f"{', '.join(f'{d:,.0f}' for _, d in ratios)} lines/s; replay (default config) / decode-only: "
                   f"{', '.join(f'{r / d:.3f}' for r, d in ratios)}, median "
                   f"{statistics.median(r / d for r, d in ratios):.3f} (target {RATIO_TARGET})")
+            print(f"  replay --jobs 2 (the two WANs in two processes) / decode-only: "
+                  f"{', '.join(f'{r / d:.3f}' for r, d in ratios2)}, median "
+                  f"{statistics.median(r / d for r, d in ratios2):.3f} (target {RATIO_TARGET})")
             if args.against is not None:
                 new = statistics.median(n / s for s, _, _ in runs["2B + 2A shadow"])
                 old = statistics.median(n / s for s, _, _ in runs["2B + 2A shadow, old tree"])

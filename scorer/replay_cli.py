@@ -25,6 +25,9 @@ def replay(
         Optional[list[str]],
         typer.Option("--set", help="Override a config key, e.g. scorer.confidence.steer_threshold=60 (repeatable)."),
     ] = None,
+    jobs: Annotated[int, typer.Option(
+        "--jobs", min=1, help="Processes: the WANs are split over them (WANs linked by alternate stay together); "
+                              "the output is the same as with one.")] = 1,
     version: Annotated[bool, cli.version_option(annotated=True)] = False,
 ) -> None:
     """Run the scorer engine offline over TRACE and print the decisions it emits.
@@ -32,7 +35,7 @@ def replay(
     Invalid lines are skipped and reported on stderr with their line number and
     reason; exit 1 with --strict on the first one, exit 2 on a bad config.
     """
-    raise typer.Exit(run_replay(trace, config, out, strict, set_ or []))
+    raise typer.Exit(run_replay(trace, config, out, strict, set_ or [], jobs))
 
 
 def app() -> None:

@@ -125,3 +125,77 @@ def test_trace_with_missing_optional_fields_and_unknown_fields(tmp_path, config)
 def test_missing_trace_file_is_a_clear_error(config, tmp_path):
     done = replay(tmp_path / "nope.jsonl", "--config", config)
     assert done.returncode == 1 and b"cannot read trace" in done.stderr
+
+
+def mixed_trace(tmp_path, wans: int) -> Path:
+    """Several WANs with episodes, interleaved, plus every kind of junk line and a sample
+    whose WAN only a full decode finds (NaN in a field the light decode cannot skip past)."""
+    rng = random.Random(5)
+    feeds = [Feed(f"wan{i}") for i in range(1, wans + 1)]
+    chunks = []
+    for _ in range(4):
+        for feed in feeds:
+            chunks.append(feed.seconds(rng.choice([3.0, 10.0]), 0.5, **STEER_NOW)
+                          + feed.seconds(rng.choice([5.0, 45.0]), 0.5, **GREEN))
+    samples = sorted((s for chunk in chunks for s in chunk), key=lambda s: (s.t, s.wan))
+    lines = [msgspec.json.encode(s) for s in samples]
+    junk = [
+        b"not json at all", b"[1, 2, 3]", b"", b'{"kind": "decision", "seq": 1, "wan": "wan2"}',
+        b'{"kind": "telemetry", "wan": "wan3"}',
+        b'{"kind": "telemetry", "wan": "wan1", "seq": 1, "stream": "boot-a", "t": 1e9, "wall": 1, "rtt_ms": NaN}',
+        b'{"kind": "telemetry", "wan": "wan2", "seq": 1, "stream": "boot-a", "t": 1.0, "wall": 1, "rtt_ms": 5}',
+        b'{"kind": "telemetry", "wan": "wan9", "seq": 1, "stream": "boot-a", "t": 1.0, "wall": 1, "rtt_ms": 5}',
+        b'{"kind": "telemetry", "wan": "bad name!", "seq": 1, "stream": "s", "t": 1.0, "wall": 1, "rtt_ms": 5}',
+        b'{"wan": "wan1"',
+    ]
+    for item in junk:
+        lines.insert(rng.randrange(len(lines) // 4, len(lines)), item)
+    # Valid JSON only to the standard parser (NaN in a field the sample does not have): the
+    # light decode fails, the full decode finds a good sample of wan2 that must be scored
+    # by wan2's process, in order.
+    at = len(lines) // 2
+    odd = json.loads(lines[at])
+    odd["extra"] = float("nan")
+    lines.insert(at + 1, json.dumps({**odd, "seq": odd["seq"] + 1000, "t": odd["t"] + 0.01}).encode())
+    path = tmp_path / f"mixed{wans}.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+@pytest.mark.parametrize("config_text", [
+    "{}\n",
+    "scorer:\n  policy: confidence\n  shadow: true\n",
+    "scorer:\n  shadow: true\nwans:\n" + "".join(
+        f"  - {{name: wan{i}, queue: q{i}, rule_comment: r{i}{', alternate: wan' + str(i % 4 + 1) if i <= 2 else ''}}}\n"
+        for i in range(1, 6)),
+])
+def test_jobs_give_the_same_output_as_one_process(tmp_path, config_text):
+    trace = mixed_trace(tmp_path, 5)
+    config = tmp_path / "c.yaml"
+    config.write_text(config_text)
+    one = replay(trace, "--config", config)
+    assert one.returncode == 0 and one.stdout.count(b"\n") >= 20, one.stderr
+    assert b"line " in one.stderr
+    for jobs in ("2", "3"):
+        many = replay(trace, "--config", config, "--jobs", jobs)
+        assert many.returncode == 0
+        assert many.stdout == one.stdout
+        assert many.stderr == one.stderr
+    out = tmp_path / "out.jsonl"
+    assert replay(trace, "--config", config, "--jobs", "2", "--out", out).returncode == 0
+    assert out.read_bytes() == one.stdout
+
+
+def test_jobs_over_max_wans_and_strict_still_give_one_process_output(tmp_path):
+    trace = mixed_trace(tmp_path, 5)
+    config = tmp_path / "c.yaml"
+    config.write_text("scorer:\n  max_wans: 3\n")
+    one = replay(trace, "--config", config)
+    assert b"too_many_wans" in one.stderr
+    many = replay(trace, "--config", config, "--jobs", "2")
+    assert (many.returncode, many.stdout, many.stderr) == (one.returncode, one.stdout, one.stderr)
+    strict_one = replay(trace, "--config", config, "--strict")
+    strict_many = replay(trace, "--config", config, "--strict", "--jobs", "2")
+    assert strict_one.returncode == 1
+    assert (strict_many.returncode, strict_many.stdout, strict_many.stderr) == (
+        strict_one.returncode, strict_one.stdout, strict_one.stderr)

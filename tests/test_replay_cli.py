@@ -13,16 +13,18 @@ EXAMPLE = Path(__file__).parent / "examples"
 
 
 def test_everyday_command_lines_are_parsed_without_the_cli():
-    assert _plain_arguments(["t.jsonl", "--config", "c.yaml"]) == (Path("t.jsonl"), Path("c.yaml"), None, False, [])
+    assert _plain_arguments(["t.jsonl", "--config", "c.yaml"]) == (Path("t.jsonl"), Path("c.yaml"), None, False, [], 1)
     assert _plain_arguments(["--config=c.yaml", "--strict", "--set", "a.b=1", "t", "--out", "o", "--set=x=2"]) == (
-        Path("t"), Path("c.yaml"), Path("o"), True, ["a.b=1", "x=2"])
+        Path("t"), Path("c.yaml"), Path("o"), True, ["a.b=1", "x=2"], 1)
+    assert _plain_arguments(["t", "--config", "c", "--jobs", "2"]) == (Path("t"), Path("c"), None, False, [], 2)
 
 
 def test_anything_else_goes_to_the_cli():
     for argv in (["--help"], ["--version"], ["t"], ["--config", "c"], ["t", "u", "--config", "c"],
                  ["t", "--config"], ["t", "--config", "--strict"], ["t", "--config", "c", "--config", "d"],
                  ["t", "--config", "c", "-x"], ["t", "--config", "c", "--strict=1"], ["-", "--config", "c"],
-                 ["t", "--config", ""], ["t", "--conf", "c"]):
+                 ["t", "--config", ""], ["t", "--conf", "c"], ["t", "--config", "c", "--jobs", "0"],
+                 ["t", "--config", "c", "--jobs", "x"]):
         assert _plain_arguments(argv) is None, argv
 
 
