@@ -449,7 +449,7 @@ class Engine:
         self._quality_fast = self.driving_quality
         self._quality_keep = _quality.kept_s(cfg.quality)
         self._max_enables = cfg.quality.flap.max_enables
-        self._enable_window = cfg.quality.flap.window_s
+        self._enable_window = cfg.quality.flap.window_s - TOL
         p = self.params
         self._max_gap = p.max_gap + TOL
         self._calm_ok = p.steer > 0  # a 2B score of 0 stays below the threshold
@@ -548,6 +548,8 @@ class Engine:
         # The quality policy driving, on a complete sample without the optional
         # fields: the common cases of _run_2b_2a and quality.step inline, the
         # same steps in the same order (the differential tests hold them to it).
+        # A field that keeps its value is not stored again (storing into a
+        # Struct costs three times a load): the state ends up the same.
         cp = w.confidence_policy
         q = w.quality
         fb = w.fallback
@@ -557,10 +559,9 @@ class Engine:
                 and q.state == GOOD and hp.count == 0 and hp.state == GOOD and self._calm_ok):
             # Healthy, nothing running: 2B scores 0 below its threshold, 2A counts nothing.
             until = cp.penalty_until
-            if until is not None and self.flap_running and t < until - TOL:
-                w.last_score = self._calm_penalty
-            else:
-                w.last_score = self._calm
+            calm = self._calm_penalty if until is not None and self.flap_running and t < until - TOL else self._calm
+            if w.last_score is not calm:
+                w.last_score = calm
             decisions = _NONE
         else:
             decisions = self._run_2b_2a(w, s, state, rtt_delta, drops)
@@ -573,7 +574,8 @@ class Engine:
             # The times ascend: the samples at or before the cutoff are a head.
             if len(wt) == 1 or wt[1] > cutoff:
                 # One leaves (at a steady cadence, one arrives and one leaves).
-                q.bad_kept -= wf[0] & _BAD
+                if wf[0] & _BAD:
+                    q.bad_kept -= 1
                 del wt[0], wf[0], q.win_delay[0], q.win_rtt[0]
             else:
                 drop = _bisect_right(wt, cutoff)
@@ -600,9 +602,11 @@ class Engine:
         q.win_rtt.append(rtt)
         if q.state == GOOD and not q.bad_kept:
             enables = q.enables
-            capped = len(enables) >= self._max_enables and t - enables[0] < self._enable_window - TOL
-            q.hold = None
-            q.last_score, q.last_threshold, q.last_capped = 0, 101 if capped else qc.steer_share_pct, capped
+            capped = len(enables) >= self._max_enables and t - enables[0] < self._enable_window
+            threshold = 101 if capped else qc.steer_share_pct
+            if q.last_score != 0 or q.last_threshold != threshold or q.last_capped != capped or q.hold is not None:
+                q.hold = None
+                q.last_score, q.last_threshold, q.last_capped = 0, threshold, capped
         else:
             decisions = self._run_quality(w, s, state, decisions, flags)
         if decisions:
