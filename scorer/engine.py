@@ -160,7 +160,30 @@ def confidence_score(
     that decides nothing needs no contributor strings).
     """
     if not contributors:
-        return _confidence_points(p, state, rtt_delta, states, drops, queues, wan_zone), _NO_CONTRIBUTORS
+        # The score alone: the same conditions in the same order as below.
+        score = 0
+        if state == "RED":
+            score += p.w_red
+        elif state == "SOFT_RED":
+            if len(states) >= 3 and states[-2] == "SOFT_RED" and states[-3] == "SOFT_RED":
+                score += p.w_soft_red
+        elif state == "YELLOW":
+            score += p.w_yellow
+        if rtt_delta > p.delta_severe:
+            score += p.w_severe
+        elif rtt_delta > p.delta_high:
+            score += p.w_high
+        if len(drops) >= 3:
+            last = drops[-1]
+            if last > drops[-3] and last > 0:
+                score += p.w_drops
+        if len(queues) >= 2 and queues[-1] > p.queue_high and queues[-2] > p.queue_high:
+            score += p.w_queue
+        if wan_zone == "RED":
+            score += p.w_wan_red
+        elif wan_zone == "SOFT_RED":
+            score += p.w_wan_soft_red
+        return (100 if score > 100 else score), _NO_CONTRIBUTORS
     score = 0
     why: list[str] = []
     if state == "RED":
@@ -194,33 +217,6 @@ def confidence_score(
         score += p.w_wan_soft_red
         why.append("WAN_SOFT_RED")
     return (100 if score > 100 else score), why
-
-
-def _confidence_points(p, state, rtt_delta, states, drops, queues, wan_zone) -> int:
-    """``confidence_score``'s score alone, the same conditions in the same order."""
-    score = 0
-    if state == "RED":
-        score += p.w_red
-    elif state == "SOFT_RED":
-        if len(states) >= 3 and states[-2] == "SOFT_RED" and states[-3] == "SOFT_RED":
-            score += p.w_soft_red
-    elif state == "YELLOW":
-        score += p.w_yellow
-    if rtt_delta > p.delta_severe:
-        score += p.w_severe
-    elif rtt_delta > p.delta_high:
-        score += p.w_high
-    if len(drops) >= 3:
-        last = drops[-1]
-        if last > drops[-3] and last > 0:
-            score += p.w_drops
-    if len(queues) >= 2 and queues[-1] > p.queue_high and queues[-2] > p.queue_high:
-        score += p.w_queue
-    if wan_zone == "RED":
-        score += p.w_wan_red
-    elif wan_zone == "SOFT_RED":
-        score += p.w_wan_soft_red
-    return 100 if score > 100 else score
 
 
 class Hysteresis(msgspec.Struct, gc=False):
