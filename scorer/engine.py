@@ -160,7 +160,30 @@ def confidence_score(
     that decides nothing needs no contributor strings).
     """
     if not contributors:
-        return _confidence_points(p, state, rtt_delta, states, drops, queues, wan_zone), _NO_CONTRIBUTORS
+        # The score alone: the same conditions in the same order as below.
+        score = 0
+        if state == "RED":
+            score += p.w_red
+        elif state == "SOFT_RED":
+            if len(states) >= 3 and states[-2] == "SOFT_RED" and states[-3] == "SOFT_RED":
+                score += p.w_soft_red
+        elif state == "YELLOW":
+            score += p.w_yellow
+        if rtt_delta > p.delta_severe:
+            score += p.w_severe
+        elif rtt_delta > p.delta_high:
+            score += p.w_high
+        if len(drops) >= 3:
+            last = drops[-1]
+            if last > drops[-3] and last > 0:
+                score += p.w_drops
+        if len(queues) >= 2 and queues[-1] > p.queue_high and queues[-2] > p.queue_high:
+            score += p.w_queue
+        if wan_zone == "RED":
+            score += p.w_wan_red
+        elif wan_zone == "SOFT_RED":
+            score += p.w_wan_soft_red
+        return (100 if score > 100 else score), _NO_CONTRIBUTORS
     score = 0
     why: list[str] = []
     if state == "RED":
@@ -194,33 +217,6 @@ def confidence_score(
         score += p.w_wan_soft_red
         why.append("WAN_SOFT_RED")
     return (100 if score > 100 else score), why
-
-
-def _confidence_points(p, state, rtt_delta, states, drops, queues, wan_zone) -> int:
-    """``confidence_score``'s score alone, the same conditions in the same order."""
-    score = 0
-    if state == "RED":
-        score += p.w_red
-    elif state == "SOFT_RED":
-        if len(states) >= 3 and states[-2] == "SOFT_RED" and states[-3] == "SOFT_RED":
-            score += p.w_soft_red
-    elif state == "YELLOW":
-        score += p.w_yellow
-    if rtt_delta > p.delta_severe:
-        score += p.w_severe
-    elif rtt_delta > p.delta_high:
-        score += p.w_high
-    if len(drops) >= 3:
-        last = drops[-1]
-        if last > drops[-3] and last > 0:
-            score += p.w_drops
-    if len(queues) >= 2 and queues[-1] > p.queue_high and queues[-2] > p.queue_high:
-        score += p.w_queue
-    if wan_zone == "RED":
-        score += p.w_wan_red
-    elif wan_zone == "SOFT_RED":
-        score += p.w_wan_soft_red
-    return 100 if score > 100 else score
 
 
 class Hysteresis(msgspec.Struct, gc=False):
@@ -421,6 +417,8 @@ class Engine:
             "quality_holds_flap_hold": 0,
             "quality_steer_backs": 0,
         }
+        # The one counter every sample moves, kept out of the dict (see ``_totals``).
+        self._scored = 0
         self.alternates = {w.name: w.alternate for w in (wans or []) if w.alternate}
         # WAN bookkeeping: with a configured list only those WANs are scored; otherwise at most max_wans.
         self.known_wans = frozenset(w.name for w in wans) if wans else None
@@ -447,17 +445,23 @@ class Engine:
         self._quality_fast = self.driving_quality
         self._quality_keep = _quality.kept_s(cfg.quality)
         self._max_enables = cfg.quality.flap.max_enables
-        self._enable_window = cfg.quality.flap.window_s
+        self._enable_window = cfg.quality.flap.window_s - TOL
         p = self.params
-        self._calm_threshold = p.steer
+        self._max_gap = p.max_gap + TOL
+        self._calm_ok = p.steer > 0  # a 2B score of 0 stays below the threshold
         self._calm = (0, p.steer, False)
         self._calm_penalty = (0, p.steer + p.penalty_add, True)
 
     @property
     def counters(self) -> dict[str, int]:
         """What the engine has seen; every accepted sample is scored or ignored."""
-        c = self._counters
+        c = self._totals()
         return {"accepted": c["scored"] + c["ignored_null_rtt"], **c}
+
+    def _totals(self) -> dict[str, int]:
+        """The counters dict with ``scored`` brought up to date (its place in the dict kept)."""
+        self._counters["scored"] = self._scored
+        return self._counters
 
     # --- the one entry point ------------------------------------------------
 
@@ -481,27 +485,29 @@ class Engine:
                     and queue >= 0.0 and TOL < t - w.last_t <= self.max_t_jump)
         if fast:
             w.last_t = t
+            if self._summaries:
+                w.summary.add(s, self.quality_cfg.summary_window_s)
         else:
             w = self._admit(s)
             if w.__class__ is Outcome:
                 return w
             drops = drops or 0.0  # null drops or queue count as 0 everywhere
             queue = queue or 0.0
-        if self._summaries:
-            w.summary.add(s, self.quality_cfg.summary_window_s)
-        if rtt is None or base is None:
-            # Ignored by 2B/2A (section 5.1); the quality policy judges it by its rtt_status.
-            self._counters["ignored_null_rtt"] += 1
-            if not self.quality_running:
-                return _IGNORED_NONE
-            decisions = self._run_quality(w, s, None)
-            return Outcome(self._number(w, decisions), IGNORED) if decisions else _IGNORED_NONE
-        self._counters["scored"] += 1
+            if self._summaries:
+                w.summary.add(s, self.quality_cfg.summary_window_s)
+            if rtt is None or base is None:
+                # Ignored by 2B/2A (section 5.1); the quality policy judges it by its rtt_status.
+                self._counters["ignored_null_rtt"] += 1
+                if not self.quality_running:
+                    return _IGNORED_NONE
+                decisions = self._run_quality(w, s, None)
+                return Outcome(self._number(w, decisions), IGNORED) if decisions else _IGNORED_NONE
+        self._scored += 1
 
         # Sections 5.2-5.3 (gap check, EWMA, the sample's state, the histories).
         p = self.params
         last = w.last_scored_t
-        if last is not None and t - last > p.max_gap + TOL:
+        if last is not None and t - last > self._max_gap:
             self._counters["gaps"] += 1
             w.clear_runs()
         w.last_scored_t = t
@@ -538,17 +544,20 @@ class Engine:
         # The quality policy driving, on a complete sample without the optional
         # fields: the common cases of _run_2b_2a and quality.step inline, the
         # same steps in the same order (the differential tests hold them to it).
+        # A field that keeps its value is not stored again (storing into a
+        # Struct costs three times a load): the state ends up the same.
         cp = w.confidence_policy
-        until = cp.penalty_until
-        penalty = until is not None and self.flap_running and t < until - TOL
         q = w.quality
         fb = w.fallback
         hp = w.hysteresis_policy
         if (state == "GREEN" and rtt_delta <= p.delta_high and drops == 0.0 and queue <= p.queue_high
                 and cp.state == GOOD and cp.degrade_start is None and fb.count == 0 and fb.state == GOOD
-                and q.state == GOOD and hp.count == 0 and hp.state == GOOD and self._calm_threshold > 0):
+                and q.state == GOOD and hp.count == 0 and hp.state == GOOD and self._calm_ok):
             # Healthy, nothing running: 2B scores 0 below its threshold, 2A counts nothing.
-            w.last_score = self._calm_penalty if penalty else self._calm
+            until = cp.penalty_until
+            calm = self._calm_penalty if until is not None and self.flap_running and t < until - TOL else self._calm
+            if w.last_score is not calm:
+                w.last_score = calm
             decisions = _NONE
         else:
             decisions = self._run_2b_2a(w, s, state, rtt_delta, drops)
@@ -558,13 +567,17 @@ class Engine:
         wt, wf = q.win_t, q.win_flag
         cutoff = t - self._quality_keep + TOL
         if wt and wt[0] <= cutoff:
-            drop = _bisect_right(wt, cutoff)  # the times ascend
-            if drop == 1:
-                q.bad_kept -= wf[0] & _BAD
+            # The times ascend: the samples at or before the cutoff are a head.
+            if len(wt) == 1 or wt[1] > cutoff:
+                # One leaves (at a steady cadence, one arrives and one leaves).
+                if wf[0] & _BAD:
+                    q.bad_kept -= 1
+                del wt[0], wf[0], q.win_delay[0], q.win_rtt[0]
             else:
+                drop = _bisect_right(wt, cutoff)
                 for f in wf[:drop]:
                     q.bad_kept -= f & _BAD
-            del wt[:drop], wf[:drop], q.win_delay[:drop], q.win_rtt[:drop]
+                del wt[:drop], wf[:drop], q.win_delay[:drop], q.win_rtt[:drop]
         qb = q.base
         if (q.state == DEGRADED or q.bad_kept > 0) and qb is not None:
             if base < qb:
@@ -574,6 +587,7 @@ class Engine:
         d = rtt - qb if rtt > qb else 0.0
         if d >= qc.delay_bad_ms:
             flags = _BAD | _SEVERE if d >= qc.delay_severe_ms else _BAD
+            q.bad_kept += 1
         elif d < qc.delay_good_ms:
             flags = _GOOD_SAMPLE
         else:
@@ -582,12 +596,13 @@ class Engine:
         wf.append(flags)
         q.win_delay.append(d)
         q.win_rtt.append(rtt)
-        q.bad_kept += flags & _BAD
         if q.state == GOOD and not q.bad_kept:
             enables = q.enables
-            capped = len(enables) >= self._max_enables and t - enables[0] < self._enable_window - TOL
-            q.hold = None
-            q.last_score, q.last_threshold, q.last_capped = 0, 101 if capped else qc.steer_share_pct, capped
+            capped = len(enables) >= self._max_enables and t - enables[0] < self._enable_window
+            threshold = 101 if capped else qc.steer_share_pct
+            if q.last_score != 0 or q.last_threshold != threshold or q.last_capped != capped or q.hold is not None:
+                q.hold = None
+                q.last_score, q.last_threshold, q.last_capped = 0, threshold, capped
         else:
             decisions = self._run_quality(w, s, state, decisions, flags)
         if decisions:
@@ -849,7 +864,7 @@ class Engine:
         """
         return msgspec.msgpack.encode(
             Snapshot(next_seq=self.next_seq, wans=list(self.wans.values()),
-                     rejected=self.rejected, counters=self._counters)
+                     rejected=self.rejected, counters=self._totals())
         )
 
     @classmethod
@@ -866,11 +881,12 @@ class Engine:
         engine.wans = {w.wan: w for w in kept}
         engine.rejected = dict(snap.rejected)
         engine._counters.update({k: v for k, v in snap.counters.items() if k in engine._counters})
+        engine._scored = engine._counters["scored"]
         return engine
 
     def totals(self) -> tuple[dict[str, int], dict[str, int]]:
         """The running totals a partial snapshot carries: (rejected by cause, counters)."""
-        return self.rejected, self._counters
+        return self.rejected, self._totals()
 
     def load_wans(self, wans: list[WanScorer], next_seq: int, rejected: dict[str, int],
                   counters: dict[str, int]) -> None:
@@ -884,3 +900,4 @@ class Engine:
         self.next_seq = next_seq
         self.rejected = dict(rejected)
         self._counters.update({k: v for k, v in counters.items() if k in self._counters})
+        self._scored = self._counters["scored"]

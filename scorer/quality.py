@@ -253,17 +253,12 @@ def judge(
     # The window's times ascend: its samples after the cutoff are a tail.
     first = _bisect_right(wt, cutoff)
     n = len(wt) - first
-    n_bad = n_lost = 0
-    oldest_bad = None
-    i = first
+    n_bad = 0
     for f in wf[first:]:
-        if f & BAD:
-            n_bad += 1
-            if oldest_bad is None:
-                oldest_bad = wt[i]
-        if f & LOST:
-            n_lost += 1
-        i += 1
+        n_bad += f & BAD  # 1 or 0
+    # The lost samples of the steering window matter to the alternate check and to a
+    # decision's contributors only: counted when one of them needs it.
+    n_lost = None
     score = n_bad * 100 // n if n else 0
     enables = st.enables
     capped = len(enables) >= q.flap.max_enables and t - enables[0] < q.flap.window_s - TOL  # st.capped(q, t)
@@ -276,56 +271,51 @@ def judge(
     severe_share = None
     if st.state == GOOD:
         # Rule 5: only a bad sample steers; the moderate rule first, then the severe one.
-        wants = flags & BAD and n >= q.min_samples and n_bad * 100 >= q.steer_share_pct * n \
-            and t - oldest_bad >= q.sustain_s - TOL
-        since = oldest_bad
+        wants = False
+        since = None
+        if flags & BAD and n >= q.min_samples and n_bad * 100 >= q.steer_share_pct * n:
+            since = _oldest(wt, wf, first, BAD)  # the share is positive: there is one
+            wants = t - since >= q.sustain_s - TOL
         if flags & BAD and not wants:
-            scut = t - q.severe_window_s + TOL
-            ns = n_sev = 0
-            oldest_sev = None
-            for x, f in zip(wt, wf):
-                if x <= scut:
-                    continue
-                ns += 1
+            sfirst = _bisect_right(wt, t - q.severe_window_s + TOL)
+            ns = len(wt) - sfirst
+            n_sev = 0
+            for f in wf[sfirst:]:
                 if f & SEVERE:
                     n_sev += 1
-                    if oldest_sev is None:
-                        oldest_sev = x
-            if ns >= q.severe_min_samples and n_sev and n_sev * 100 >= q.severe_share_pct * ns \
-                    and t - oldest_sev >= q.severe_sustain_s - TOL:
-                wants = True
-                since = oldest_sev
-                severe_share = n_sev * 100 // ns
+            if ns >= q.severe_min_samples and n_sev and n_sev * 100 >= q.severe_share_pct * ns:
+                oldest_sev = _oldest(wt, wf, sfirst, SEVERE)
+                if t - oldest_sev >= q.severe_sustain_s - TOL:
+                    wants = True
+                    since = oldest_sev
+                    severe_share = n_sev * 100 // ns
         if wants:
-            hold = None if alternate is None else harm(q, alternate, _window_rtt(wt, wr, cutoff),
-                                                       n_lost * 100.0 / n, t)
+            if alternate is not None:
+                n_lost = _count(wf, first, LOST)
+                hold = harm(q, alternate, _window_rtt(wt, wr, cutoff), n_lost * 100.0 / n, t)
             if hold is None and capped:
                 hold = FLAP_HOLD
             if hold is None:
                 decision = DEGRADED
                 sustained = t - since
     else:
-        hold = None if alternate is None else harm(q, alternate, _window_rtt(wt, wr, cutoff),
-                                                   n_lost * 100.0 / n if n else 0.0, t)
+        if alternate is not None:
+            n_lost = _count(wf, first, LOST)
+            hold = harm(q, alternate, _window_rtt(wt, wr, cutoff), n_lost * 100.0 / n if n else 0.0, t)
         if hold is not None:
             decision = GOOD  # steer back: the alternate is no better place
         elif st.hold_down_until is None or t >= st.hold_down_until - TOL:
-            rcut = t - q.recovery_window_s + TOL
-            m = n_good = 0
-            first = None
-            for x, f in zip(wt, wf):
-                if x <= rcut:
-                    continue
-                if first is None:
-                    first = x
-                m += 1
+            rfirst = _bisect_right(wt, t - q.recovery_window_s + TOL)
+            m = len(wt) - rfirst
+            n_good = 0
+            for f in wf[rfirst:]:
                 if f & GOOD_SAMPLE:
                     n_good += 1
             if m:
                 good_share = n_good * 100 // m
             if m >= q.min_samples and n_good * 100 >= q.recovery_share_pct * m:
                 decision = GOOD
-                sustained = t - first
+                sustained = t - wt[rfirst]
     st.hold = hold
     st.last_score, st.last_threshold, st.last_capped = score, threshold, capped
     if decision is None:
@@ -339,6 +329,8 @@ def judge(
         why.append(f"delay_p50={p50:.1f}ms")
     if s.queue_delay_ms is not None:
         why.append(f"queue_delay={s.queue_delay_ms:.1f}ms")
+    if n_lost is None:
+        n_lost = _count(wf, first, LOST)
     if n_lost:
         why.append(f"loss={n_lost * 100 // n}%")
     if s.drops_per_sec:
@@ -360,6 +352,23 @@ def judge(
 def kept_s(q: Quality) -> float:
     """How long the window keeps a measured sample: the longest of the three windows."""
     return max(q.window_s, q.recovery_window_s, q.severe_window_s)
+
+
+def _count(flags: list[int], first: int, flag: int) -> int:
+    """How many of ``flags[first:]`` have ``flag``."""
+    n = 0
+    for f in flags[first:]:
+        if f & flag:
+            n += 1
+    return n
+
+
+def _oldest(times: list[float], flags: list[int], first: int, flag: int) -> float:
+    """The time of the first of ``flags[first:]`` with ``flag`` (there must be one)."""
+    i = first
+    while not flags[i] & flag:
+        i += 1
+    return times[i]
 
 
 def _window_rtt(wt: list[float], wr: list[float], cutoff: float) -> float | None:
