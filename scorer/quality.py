@@ -253,9 +253,17 @@ def judge(
     # The window's times ascend: its samples after the cutoff are a tail.
     first = _bisect_right(wt, cutoff)
     n = len(wt) - first
-    n_bad = 0
-    for f in wf[first:]:
-        n_bad += f & BAD  # 1 or 0
+    # ``bad_kept`` counts the BAD samples of the whole kept window: the steering
+    # window's are those less the bad ones before its cutoff.  Whichever side of
+    # the cutoff is shorter is scanned (by default the head: two samples).
+    if first <= n:
+        n_bad = st.bad_kept
+        for f in wf[:first]:
+            n_bad -= f & BAD  # 1 or 0
+    else:
+        n_bad = 0
+        for f in wf[first:]:
+            n_bad += f & BAD
     # The lost samples of the steering window matter to the alternate check and to a
     # decision's contributors only: counted when one of them needs it.
     n_lost = None
