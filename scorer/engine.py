@@ -61,6 +61,8 @@ REJECTED = "rejected"
 _KNOWN_STATES = frozenset(CAKE_STATES)
 _KNOWN_RTT_STATUSES = frozenset(RTT_STATUSES)
 _isfinite = math.isfinite
+_INF = math.inf
+_NEG_INF = -math.inf
 _NONE: tuple = ()
 
 
@@ -468,26 +470,28 @@ class Engine:
     def process(self, s: Telemetry) -> Outcome:
         """Score one sample: its decisions (driving first) and what became of it."""
         t = s.t
-        rtt, base, drops, queue = s.rtt_ms, s.baseline_rtt_ms, s.drops_per_sec, s.queue_depth_pct
+        rtt, base = s.rtt_ms, s.baseline_rtt_ms  # (pairs: unpacking four builds a tuple)
+        drops, queue = s.drops_per_sec, s.queue_depth_pct
         w = self.wans.get(s.wan)
         # The common case, checked cheaply: a complete sample without state
         # strings or the optional fields, of a known WAN on its current stream,
-        # in order.  A sum of finite numbers is finite (x - x == 0 is false for
-        # NaN and infinities).  Anything else, and the rare overflow of the sum,
-        # takes _admit.
-        fast = False
+        # in order.  Every number is finite and the four values non-negative
+        # (NaN fails every comparison); ``t`` is finite because ``t - last_t``
+        # is (``last_t`` is a finite accepted time).  Comparisons allocate no
+        # floats, unlike arithmetic.  Anything else takes _admit.
         if (w is not None and s.stream == w.stream and rtt is not None and base is not None
                 and drops is not None and queue is not None and s.cake_state is None
                 and s.wan_zone is None and s.v == SCHEMA_VERSION and s.rtt_status is None
-                and s.queue_delay_ms is None and s.loss_pct is None):
-            total = t + s.wall + rtt + base + drops + queue
-            fast = (total - total == 0.0 and rtt >= 0.0 and base >= 0.0 and drops >= 0.0
-                    and queue >= 0.0 and TOL < t - w.last_t <= self.max_t_jump)
-        if fast:
+                and s.queue_delay_ms is None and s.loss_pct is None
+                and rtt >= 0.0 and base >= 0.0 and drops >= 0.0 and queue >= 0.0
+                and rtt < _INF and base < _INF and drops < _INF and queue < _INF
+                and _NEG_INF < s.wall < _INF and TOL < t - w.last_t <= self.max_t_jump):
+            fast = True
             w.last_t = t
             if self._summaries:
                 w.summary.add(s, self.quality_cfg.summary_window_s)
         else:
+            fast = False
             w = self._admit(s)
             if w.__class__ is Outcome:
                 return w
@@ -563,23 +567,27 @@ class Engine:
             decisions = self._run_2b_2a(w, s, state, rtt_delta, drops)
 
         # quality.step up to its common case (rules 1-3: prune, baseline, classify).
+        # (``bad`` is the window's bad count, ``q.bad_kept``, kept in a local and stored on change.)
         qc = self.quality_cfg
         wt, wf = q.win_t, q.win_flag
+        wd, wr = q.win_delay, q.win_rtt
+        bad = q.bad_kept
         cutoff = t - self._quality_keep + TOL
         if wt and wt[0] <= cutoff:
             # The times ascend: the samples at or before the cutoff are a head.
             if len(wt) == 1 or wt[1] > cutoff:
                 # One leaves (at a steady cadence, one arrives and one leaves).
                 if wf[0] & _BAD:
-                    q.bad_kept -= 1
-                del wt[0], wf[0], q.win_delay[0], q.win_rtt[0]
+                    q.bad_kept = bad = bad - 1
+                del wt[0], wf[0], wd[0], wr[0]
             else:
                 drop = _bisect_right(wt, cutoff)
                 for f in wf[:drop]:
-                    q.bad_kept -= f & _BAD
-                del wt[:drop], wf[:drop], q.win_delay[:drop], q.win_rtt[:drop]
+                    bad -= f & _BAD
+                q.bad_kept = bad
+                del wt[:drop], wf[:drop], wd[:drop], wr[:drop]
         qb = q.base
-        if (q.state == DEGRADED or q.bad_kept > 0) and qb is not None:
+        if (bad > 0 or q.state == DEGRADED) and qb is not None:
             if base < qb:
                 q.base = qb = base
         else:
@@ -587,20 +595,22 @@ class Engine:
         d = rtt - qb if rtt > qb else 0.0
         if d >= qc.delay_bad_ms:
             flags = _BAD | _SEVERE if d >= qc.delay_severe_ms else _BAD
-            q.bad_kept += 1
+            q.bad_kept = bad = bad + 1
         elif d < qc.delay_good_ms:
             flags = _GOOD_SAMPLE
         else:
             flags = 0
         wt.append(t)
         wf.append(flags)
-        q.win_delay.append(d)
-        q.win_rtt.append(rtt)
-        if q.state == GOOD and not q.bad_kept:
+        wd.append(d)
+        wr.append(rtt)
+        if not bad and q.state == GOOD:
             enables = q.enables
-            capped = len(enables) >= self._max_enables and t - enables[0] < self._enable_window
-            threshold = 101 if capped else qc.steer_share_pct
-            if q.last_score != 0 or q.last_threshold != threshold or q.last_capped != capped or q.hold is not None:
+            if len(enables) >= self._max_enables and t - enables[0] < self._enable_window:
+                capped, threshold = True, 101
+            else:
+                capped, threshold = False, qc.steer_share_pct
+            if q.last_score or q.last_threshold != threshold or q.last_capped != capped or q.hold is not None:
                 q.hold = None
                 q.last_score, q.last_threshold, q.last_capped = 0, threshold, capped
         else:

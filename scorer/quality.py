@@ -247,7 +247,7 @@ def judge(
     """Rules 4-8 on a measured sample already in the window (with ``flags``),
     when the window holds a bad sample or the policy is steered (the rest of ``step``)."""
     t = s.t
-    wt, wf, wd, wr = st.win_t, st.win_flag, st.win_delay, st.win_rtt
+    wt, wf = st.win_t, st.win_flag  # (the delays and RTTs are read for a decision or the alternate check)
     # The steering window.
     cutoff = t - q.window_s + TOL
     # The window's times ascend: its samples after the cutoff are a tail.
@@ -300,7 +300,7 @@ def judge(
         if wants:
             if alternate is not None:
                 n_lost = _count(wf, first, LOST)
-                hold = harm(q, alternate, _window_rtt(wt, wr, cutoff), n_lost * 100.0 / n, t)
+                hold = harm(q, alternate, _window_rtt(wt, st.win_rtt, cutoff), n_lost * 100.0 / n, t)
             if hold is None and capped:
                 hold = FLAP_HOLD
             if hold is None:
@@ -309,7 +309,7 @@ def judge(
     else:
         if alternate is not None:
             n_lost = _count(wf, first, LOST)
-            hold = harm(q, alternate, _window_rtt(wt, wr, cutoff), n_lost * 100.0 / n if n else 0.0, t)
+            hold = harm(q, alternate, _window_rtt(wt, st.win_rtt, cutoff), n_lost * 100.0 / n if n else 0.0, t)
         if hold is not None:
             decision = GOOD  # steer back: the alternate is no better place
         elif st.hold_down_until is None or t >= st.hold_down_until - TOL:
@@ -332,7 +332,7 @@ def judge(
     why = [f"bad_share={score}%"]
     if severe_share is not None:
         why.append(f"severe_share={severe_share}%")
-    p50 = median([dd for x, dd in zip(wt, wd) if x > cutoff and dd >= 0.0])
+    p50 = median([dd for x, dd in zip(wt, st.win_delay) if x > cutoff and dd >= 0.0])
     if p50 is not None:
         why.append(f"delay_p50={p50:.1f}ms")
     if s.queue_delay_ms is not None:
