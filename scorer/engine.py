@@ -453,6 +453,8 @@ class Engine:
         self._calm_ok = p.steer > 0  # a 2B score of 0 stays below the threshold
         self._calm = (0, p.steer, False)
         self._calm_penalty = (0, p.steer + p.penalty_add, True)
+        self._steer_penalty = p.steer + p.penalty_add  # 2B's threshold under the flap penalty
+        self._fallback_counts = self.driving != HYSTERESIS  # 2A counts for the fallback of another driving policy
 
     @property
     def counters(self) -> dict[str, int]:
@@ -674,17 +676,24 @@ class Engine:
         queue = queue_history[-1]
         cp = w.confidence_policy
         penalty_until = cp.penalty_until
-        penalty = penalty_until is not None and self.flap_running and t < penalty_until - TOL
-        threshold = p.steer + p.penalty_add if penalty else p.steer
+        if penalty_until is not None and self.flap_running and t < penalty_until - TOL:
+            penalty, threshold = True, self._steer_penalty
+        else:
+            penalty, threshold = False, p.steer
         decisions = _NONE
         fb = w.fallback
-        if self.driving != HYSTERESIS:
+        if self._fallback_counts:
             # Phase 2A counters kept against the driving state, for the fallback.
             driving_state = cp.state if self.driving_confidence else w.quality.state
             if fb.state != driving_state:
                 fb.change(driving_state)
-            if fb.count or state == _TOWARD[fb.state]:
-                fb.count_sample(state, t)
+            # fb.count_sample(state, t) inline (a reset of a count at 0 is no store).
+            if state == _TOWARD[fb.state]:
+                if not fb.count:
+                    fb.first_t = t
+                fb.count += 1
+            elif fb.count:
+                fb.count = 0
 
         confidence = 0
         scored = False  # the contributors are built for a decision only (_why)
@@ -698,15 +707,21 @@ class Engine:
                     p, state, rtt_delta, w.states, w.drops, queue_history, wan_zone, False
                 )[0]
                 scored = True
-            # (GOOD, below the threshold and no run to clear is by far the most
-            # common case, and a no-op: skip the call.)
-            if self.confidence_running and (confidence >= threshold or cp.state != GOOD
-                                            or cp.degrade_start is not None):
-                sustained = cp.step(p, t, confidence, threshold, state, rtt_delta, drops, wan_zone)
-                if sustained is not None:
-                    decisions = [self._decision(s, CONFIDENCE, self.driving_confidence, False, cp.state,
-                                                confidence, threshold, penalty,
-                                          self._why(scored, w, state, rtt_delta, wan_zone), sustained)]
+            # The step is a no-op, and skipped, when GOOD below the threshold with
+            # no run to clear (by far the most common case) and when DEGRADED in
+            # its hold-down (the step returns first thing).
+            if self.confidence_running:
+                if cp.state == GOOD:
+                    idle = confidence < threshold and cp.degrade_start is None
+                else:
+                    until = cp.hold_down_until
+                    idle = until is not None and t < until - TOL
+                if not idle:
+                    sustained = cp.step(p, t, confidence, threshold, state, rtt_delta, drops, wan_zone)
+                    if sustained is not None:
+                        decisions = [self._decision(s, CONFIDENCE, self.driving_confidence, False, cp.state,
+                                                    confidence, threshold, penalty,
+                                                    self._why(scored, w, state, rtt_delta, wan_zone), sustained)]
         except Exception:
             self._counters["confidence_errors"] += 1
             if self.driving_confidence:

@@ -324,8 +324,16 @@ def judge(
             if m >= q.min_samples and n_good * 100 >= q.recovery_share_pct * m:
                 decision = GOOD
                 sustained = t - wt[rfirst]
-    st.hold = hold
-    st.last_score, st.last_threshold, st.last_capped = score, threshold, capped
+    # Stored only when they change (storing into a Struct costs more than comparing):
+    # equal ints and bools, and the same hold, leave the state as it was.
+    if st.hold != hold:
+        st.hold = hold
+    if st.last_score != score:
+        st.last_score = score
+    if st.last_threshold != threshold:
+        st.last_threshold = threshold
+    if st.last_capped != capped:
+        st.last_capped = capped
     if decision is None:
         return None
     st.enter(q, decision, t)
