@@ -177,14 +177,15 @@ def confidence_score(
             score += p.w_high
         if len(drops) >= 3:
             last = drops[-1]
-            if last > drops[-3] and last > 0:
+            if last > drops[-3] and last > 0.0:
                 score += p.w_drops
         if len(queues) >= 2 and queues[-1] > p.queue_high and queues[-2] > p.queue_high:
             score += p.w_queue
-        if wan_zone == "RED":
-            score += p.w_wan_red
-        elif wan_zone == "SOFT_RED":
-            score += p.w_wan_soft_red
+        if wan_zone is not None:
+            if wan_zone == "RED":
+                score += p.w_wan_red
+            elif wan_zone == "SOFT_RED":
+                score += p.w_wan_soft_red
         return (100 if score > 100 else score), _NO_CONTRIBUTORS
     score = 0
     why: list[str] = []
@@ -488,12 +489,12 @@ class Engine:
                 and rtt >= 0.0 and base >= 0.0 and drops >= 0.0 and queue >= 0.0
                 and rtt < _INF and base < _INF and drops < _INF and queue < _INF
                 and _NEG_INF < s.wall < _INF and TOL < t - w.last_t <= self.max_t_jump):
-            fast = True
+            inline = self._quality_fast  # the rest of this sample inline (below)
             w.last_t = t
             if self._summaries:
                 w.summary.add(s, self.quality_cfg.summary_window_s)
         else:
-            fast = False
+            inline = False
             w = self._admit(s)
             if w.__class__ is Outcome:
                 return w
@@ -539,7 +540,7 @@ class Engine:
             # Section 5.4 looks at the last 3 entries at most; trim in batches.
             del states[:-3], w.drops[:-3], w.queues[:-3]
 
-        if not (fast and self._quality_fast):
+        if not inline:
             decisions = self._run_2b_2a(w, s, state, rtt_delta, drops)
             if self.quality_running:
                 decisions = self._run_quality(w, s, state, decisions)

@@ -269,8 +269,10 @@ def judge(
     n_lost = None
     score = n_bad * 100 // n if n else 0
     enables = st.enables
-    capped = len(enables) >= q.flap.max_enables and t - enables[0] < q.flap.window_s - TOL  # st.capped(q, t)
-    threshold = 101 if capped else q.steer_share_pct
+    if len(enables) >= q.flap.max_enables and t - enables[0] < q.flap.window_s - TOL:  # st.capped(q, t)
+        capped, threshold = True, 101
+    else:
+        capped, threshold = False, q.steer_share_pct
 
     decision = None
     sustained = 0.0
