@@ -121,7 +121,19 @@ def wan_name_ok(name: str) -> bool:
 
 
 class Params:
-    """The scorer config flattened into plain attributes for the per-sample path."""
+    """The scorer config flattened into plain attributes for the per-sample path.
+
+    Slots: an object with 30 or more attributes in its ``__dict__`` no longer
+    shares its keys, and every attribute read costs a dict lookup."""
+
+    __slots__ = (
+        "cfg", "alpha", "yellow_rtt", "soft_red_rtt", "red_rtt", "min_drops_red", "min_queue_yellow",
+        "min_queue_red", "steer", "recovery_threshold", "sustain", "recovery_sustain", "hold_down",
+        "delta_high", "delta_severe", "queue_high", "w_red", "w_soft_red", "w_yellow", "w_high", "w_severe",
+        "w_drops", "w_queue", "w_wan_red", "w_wan_soft_red", "allowed", "max_recovery_delta",
+        "max_recovery_drops", "flap", "window", "max_toggles", "penalty_s", "penalty_add", "red_required",
+        "green_required", "max_gap",
+    )
 
     def __init__(self, cfg: Scorer):
         a, c, w, r, f, h = cfg.assess, cfg.confidence, cfg.confidence.weights, cfg.recovery, cfg.flap, cfg.hysteresis
@@ -394,6 +406,18 @@ class Engine:
     ``epoch``/``source`` only stamp the published states; decisions leave
     ``process`` without their envelope.
     """
+
+    # Slots for what the per-sample path reads (as for ``Params``: with 30 or
+    # more attributes in ``__dict__`` every read is a dict lookup); ``__dict__``
+    # stays for anything else.
+    __slots__ = (
+        "cfg", "params", "quality_cfg", "epoch", "source", "next_seq", "wans", "rejected", "_counters",
+        "_scored", "alternates", "known_wans", "max_wans", "max_t_jump", "shadows", "driving",
+        "driving_confidence", "driving_quality", "confidence_running", "hysteresis_running",
+        "quality_running", "flap_running", "_summaries", "_quality_fast", "_quality_keep", "_max_enables",
+        "_enable_window", "_max_gap", "_calm_ok", "_calm", "_calm_penalty", "_steer_penalty",
+        "_fallback_counts", "__dict__",
+    )
 
     def __init__(self, cfg: Scorer, *, wans: list[Wan] | None = None, epoch: int = 0, next_seq: int = 1,
                  source: str = "scorer"):
