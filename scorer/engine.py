@@ -637,7 +637,7 @@ class Engine:
                 capped, threshold = True, 101
             else:
                 capped, threshold = False, qc.steer_share_pct
-            if q.last_score or q.last_threshold != threshold or q.last_capped != capped or q.hold is not None:
+            if q.last_score or q.last_threshold != threshold or q.last_capped is not capped or q.hold is not None:
                 q.hold = None
                 q.last_score, q.last_threshold, q.last_capped = 0, threshold, capped
         else:

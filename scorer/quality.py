@@ -334,7 +334,7 @@ def judge(
         st.last_score = score
     if st.last_threshold != threshold:
         st.last_threshold = threshold
-    if st.last_capped != capped:
+    if st.last_capped is not capped:  # (bools: identity, which the interpreter does not need to specialise)
         st.last_capped = capped
     if decision is None:
         return None
