@@ -152,9 +152,11 @@ def decision_after(sub: zmq.Socket, decoder: bus.FrameDecoder, telemetry_seq: in
     deadline = sent + timeout_s
     while time.perf_counter() < deadline:
         if sub.poll(1000):
-            message = decoder.decode(sub.recv_multipart())
+            frames = sub.recv_multipart()
+            arrived = time.perf_counter()  # taken as the raw echo takes it: on arrival, before decoding
+            message = decoder.decode(frames)
             if isinstance(message, Decision) and message.telemetry_seq == telemetry_seq:
-                return time.perf_counter() - sent
+                return arrived - sent
     return None
 
 
