@@ -164,13 +164,18 @@ def run_replay(trace: Path, config: Path, out: Path | None, strict: bool, sets: 
         return EXIT_INVALID_LINE
     with source:
         if jobs > 1 and not strict and trace.is_file():
-            return _to_out(out, lambda sink: _run_parallel(trace, cfg, jobs, sink))
-        run = Replay(Engine(cfg.scorer, wans=cfg.wans))
-        code = _to_out(out, lambda sink: run.run(enumerate(source, 1), sink, strict))
-    if code is not None:
-        print(run.summary(), file=sys.stderr)
-        return code
-    return 0
+            code = _to_out(out, lambda sink: _run_parallel(trace, cfg, jobs, sink))
+        else:
+            code = _to_out(out, lambda sink: _run_one(source, cfg, sink, strict))
+    return 0 if code is None else code
+
+
+def _run_one(source: BinaryIO, cfg: Config, out: BinaryIO, strict: bool) -> int:
+    """Replay ``source`` in this process; the summary goes to stderr."""
+    run = Replay(Engine(cfg.scorer, wans=cfg.wans))
+    code = run.run(enumerate(source, 1), out, strict)
+    print(run.summary(), file=sys.stderr)
+    return code
 
 
 def _to_out(out: Path | None, write) -> int | None:
@@ -310,17 +315,14 @@ def _run_parallel(trace: Path, cfg: Config, jobs: int, out: BinaryIO) -> int:
         if sum(p["wans"] for p in parts) > cfg.scorer.max_wans or any(p["refused"] for p in parts):
             # Which WANs are refused depends on the order of all of them: one process decides.
             with trace.open("rb") as source:
-                run = Replay(Engine(cfg.scorer, wans=cfg.wans))
-                code = run.run(enumerate(source, 1), out, False)
-            print(run.summary(), file=sys.stderr)
-            return code
+                return _run_one(source, cfg, out, False)
         encode = msgspec.json.Encoder().encode_into
         buf = bytearray()
         seq = Engine(cfg.scorer).next_seq
         # Each part's spool is in line order, and a line belongs to one part: the merge is trace order.
-        for _number, kind, item in heapq.merge(*map(_spooled, spools), key=lambda entry: entry[0]):
+        for number, kind, item in heapq.merge(*map(_spooled, spools), key=lambda entry: entry[0]):
             if kind == _ERROR:
-                print(f"line {_number}: {item}", file=sys.stderr)
+                print(f"line {number}: {item}", file=sys.stderr)
                 continue
             item.seq = seq
             seq += 1
