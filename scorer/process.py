@@ -26,8 +26,8 @@ again (recorded already) to be journaled, and published, once more; the
 logger takes each seq once.  The next seq is ``max(state, journal + 1)``.
 
 Every ``persist_interval_s`` (when anything was scored since), and whenever
-the log outgrows the base (checked after step 5), the store is compacted: the whole engine as a new
-base, then an empty log.  The once-a-second ``state.<wan>`` refresh of every
+the log outgrows the base (checked after step 5), the store is compacted:
+the whole engine as a new base, then an empty log.  The once-a-second ``state.<wan>`` refresh of every
 WAN is spread over the second, a slice of WANs per turn of the loop.
 
 When the state file or the journal cannot be written (a full disk, a
@@ -238,7 +238,8 @@ class ScorerCore:
             self.persist()
 
     def on_telemetry(self, sample: Telemetry) -> list[Decision]:
-        """Score one sample; decisions come back committed, journaled and fsync'd ([] while storage fails)."""
+        """Score one sample; decisions come back committed and journaled ([] when the commit fails),
+        then the journal is fsync'd."""
         decisions = self.score(sample)
         if decisions:
             if self.commit() is None:
