@@ -27,8 +27,9 @@ logger takes each seq once.  The next seq is ``max(state, journal + 1)``.
 
 Every ``persist_interval_s`` (when anything was scored since), and whenever
 the log outgrows the base (checked after step 5), the store is compacted:
-the whole engine as a new base, then an empty log.  The once-a-second ``state.<wan>`` refresh of every
-WAN is spread over the second, a slice of WANs per turn of the loop.
+the whole engine as a new base, then an empty log.  The once-a-second
+``state.<wan>`` refresh of every WAN is spread over the second, a slice of
+WANs per turn of the loop.
 
 When the state file or the journal cannot be written (a full disk, a
 read-only directory), the decisions wait in ``pending`` (unpublished, and
