@@ -97,9 +97,8 @@ def human(message: Message) -> str:
 
 @app.command(cls=cli.Command)
 def main(
-    config: str = typer.Option(None, "--config", metavar="PATH", envvar="WANCTL_CONFIG",
-                               help="the pipeline's config (bus endpoints and keys); relative paths in it "
-                                    "resolve against its directory [default: $WANCTL_CONFIG]"),
+    config: str = cli.config_option("the pipeline's config (bus endpoints and keys); relative paths in it "
+                                    "resolve against its directory"),
     json: bool = typer.Option(False, "--json", help="print JSONL (the messages' JSON form)"),
     kind: list[str] = typer.Option(None, "--kind", metavar="KIND", help=f"only these kinds ({', '.join(KINDS)}); repeatable"),
     wan: list[str] = typer.Option(None, "--wan", metavar="WAN", help="only these WANs (leaves out heartbeats, which have no WAN); repeatable"),

@@ -171,8 +171,7 @@ app = cli.app()
                   "CAKE queue with max-limit, exactly one mangle rule per rule_comment (requiring its lease list), "
                   "/ping through each WAN's routing table, and that the lease list is writable.  One line per "
                   "check (ok or FAIL and why); exits 1 if any check failed, 2 on a bad config.")
-def command(config: str = typer.Option(None, "--config", metavar="PATH", envvar="WANCTL_CONFIG",
-                                       help="wanctl.yaml [default: $WANCTL_CONFIG]"),
+def command(config: str = cli.config_option("wanctl.yaml"),
             version: bool = cli.version_option(),
             read_only: bool = typer.Option(False, "--read-only",
                                            help="skip the lease write probe: nothing is written to the router")

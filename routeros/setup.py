@@ -215,8 +215,7 @@ app = cli.app()
                   "tables, the latency-sensitive classifier and each WAN's steering rule (disabled, with its "
                   "rule_comment and lease list), the API group and user, and /ip service api-ssl.  Fill in the "
                   "CHANGE-ME values, then /import it.  Exits 2 on a bad config.")
-def command(config: str = typer.Option(None, "--config", metavar="PATH", envvar="WANCTL_CONFIG",
-                                       help="wanctl.yaml [default: $WANCTL_CONFIG]"),
+def command(config: str = cli.config_option("wanctl.yaml"),
             version: bool = cli.version_option(),
             wanctl_host: Optional[str] = typer.Option(None, "--wanctl-host", metavar="ADDRESS",
                                                       help="address of the host wanctl runs on: the API user and "

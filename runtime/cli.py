@@ -39,6 +39,13 @@ def version_option(annotated: bool = False) -> Any:
     return typer.Option(*decls, callback=_print_version, is_eager=True, help="Print 'wanctl <version>' and exit.")
 
 
+def config_option(what: str) -> Any:
+    """The ``--config PATH`` parameter of the commands that read the pipeline's config,
+    taken from ``$WANCTL_CONFIG`` when it is not given; ``what`` says what is read from it."""
+    return typer.Option(None, "--config", metavar="PATH", envvar="WANCTL_CONFIG",
+                        help=f"{what} [default: $WANCTL_CONFIG]")
+
+
 class Command(TyperCommand):
     """A typer command whose usage line names arguments in capitals without braces."""
 

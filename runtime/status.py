@@ -118,8 +118,7 @@ app = cli.app(help=__doc__)
 
 @app.command(cls=cli.Command)
 def status(
-    config: Optional[Path] = typer.Option(None, "--config", metavar="PATH", envvar="WANCTL_CONFIG",
-                                          help="the pipeline's config (its health: section) [default: $WANCTL_CONFIG]"),
+    config: Optional[Path] = cli.config_option("the pipeline's config (its health: section)"),
     json_output: bool = typer.Option(False, "--json", help="print one JSON object"),
     timeout: float = typer.Option(2.0, "--timeout", min=0.1, metavar="SECONDS", help="seconds to wait for each stage"),
     version: bool = cli.version_option(),
