@@ -6,7 +6,7 @@
    samples that each flip the steering state (instant timers), through the
    proxy to the scorer process, which commits the WAN's state record (fsync),
    journals the decision and publishes the decision back through the proxy.  Baseline: a PUB -> SUB ->
-   PUB -> SUB echo through a separate process, no proxy, same transport.
+   PUB -> SUB echo through a separate process, no proxy, same transport, interleaved in blocks of 25.
 2. The highest telemetry rate one scorer process takes without dropping a
    sample (many WANs, idle samples, so no decisions): steps up the rate until
    the scorer's received count falls short of what was sent.  Baseline: the
@@ -117,7 +117,9 @@ def raw_sink(sub_ep: str, report_ep: str) -> None:
 # --- 1. latency ---------------------------------------------------------------------
 
 
-def latency_pipeline(directory: Path, n: int) -> list[float]:
+def latency(directory: Path, n: int) -> tuple[list[float], list[float]]:
+    """``n`` telemetry -> decision round trips through the live bus and scorer, and ``n`` through a
+    raw pyzmq echo, interleaved in blocks of 25 so both see the same machine."""
     config = write_config(directory, {"scorer": INSTANT})
     cfg = load(config)
     stages = [Stage("wanctl-bus", config, directory), Stage("wanctl-scorer", config, directory)]
@@ -125,19 +127,30 @@ def latency_pipeline(directory: Path, n: int) -> list[float]:
     pub = bus.watched_publisher(ctx, cfg)
     sub = bus.subscriber(ctx, cfg, [b"decision."])
     decoder = bus.FrameDecoder()
+    raw_send, raw_close = latency_raw_setup(directory)
+    pipe, raw = [], []
     try:
         assert bus.wait_welcome(sub, 15)
         assert bus.wait_subscribed(pub, b"telemetry.wan1", 15, set())
-        latencies = []
-        for i in range(1, n + 1):
-            sent = time.perf_counter()
-            bus.publish(pub, sample(i, float(i), "wan1", congested=i % 2 == 1))
-            took = decision_after(sub, decoder, i, sent)
-            if took is not None:
-                latencies.append(took)
-            time.sleep(0.005)
-        return latencies
+        seq = 0
+        while len(pipe) < n:
+            for _ in range(25):
+                seq += 1
+                frames = [b"telemetry.wan1", to_msgpack(sample(seq, float(seq), "wan1", congested=seq % 2 == 1))]
+                sent = time.perf_counter()
+                pub.send_multipart(frames)
+                took = decision_after(sub, decoder, seq, sent)
+                if took is not None:
+                    pipe.append(took)
+                time.sleep(0.004)
+            for _ in range(25):
+                got = raw_send()
+                if got is not None:
+                    raw.append(got)
+                time.sleep(0.004)
+        return pipe, raw
     finally:
+        raw_close()
         pub.close(0)
         sub.close(0)
         ctx.term()
@@ -158,21 +171,6 @@ def decision_after(sub: zmq.Socket, decoder: bus.FrameDecoder, telemetry_seq: in
             if isinstance(message, Decision) and message.telemetry_seq == telemetry_seq:
                 return arrived - sent
     return None
-
-
-def latency_raw(directory: Path, n: int) -> list[float]:
-    """``n`` round trips through a raw pyzmq echo process, 5 ms apart."""
-    measure, close = latency_raw_setup(directory)
-    try:
-        latencies = []
-        for _ in range(n):
-            took = measure()
-            if took is not None:
-                latencies.append(took)
-            time.sleep(0.005)
-        return latencies
-    finally:
-        close()
 
 
 def latency_raw_setup(directory: Path):
@@ -404,12 +402,11 @@ def main() -> None:
     directory = short_tmp("wb")
     try:
         (directory / "a").mkdir()
-        lat = latency_pipeline(directory / "a", n)
-        raw = latency_raw(directory, n)
+        lat, raw = latency(directory / "a", n)
         pm, p99 = statistics.median(lat) * 1e3, pct(lat, 99) * 1e3
         rm, r99 = statistics.median(raw) * 1e3, pct(raw, 99) * 1e3
         print(f"\n1. telemetry -> decision latency, {len(lat)} of {n} samples answered "
-              f"(each decision's state record fsync'd and journaled before publishing)")
+              f"(each decision's state record fsync'd and its journal line written before publishing)")
         print(f"   pipeline (publisher -> bus -> scorer -> bus -> subscriber): median {pm:.3f} ms, p99 {p99:.3f} ms")
         print(f"   raw pyzmq PUB -> SUB -> echo -> PUB -> SUB:                median {rm:.3f} ms, p99 {r99:.3f} ms")
         print(f"   ratio pipeline/raw: median x{pm / rm:.1f}, p99 x{p99 / r99:.1f}")

@@ -35,22 +35,19 @@ import sys
 import time
 from pathlib import Path
 
-import msgspec
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_pipeline import count_decoded, decision_after, latency_raw_setup, pct  # noqa: E402
+from bench_pipeline import count_decoded, latency, pct  # noqa: E402
 from bus import sockets as bus  # noqa: E402
 from proto.messages import Decision, Heartbeat, Telemetry, to_msgpack  # noqa: E402
-from tests.supervisor_harness import BIN, Stage, load, short_tmp, wait_for, write_config  # noqa: E402
+from tests.supervisor_harness import Stage, load, short_tmp, wait_for, write_config  # noqa: E402
 
 CATCH_UP_S = 0.5
 RESOLUTION = 1.08  # bisection stops when hi / lo is below this
 CAP = 160_000  # the highest rate offered
-INSTANT_2B = {"policy": "confidence", "shadow": False, "flap": {"enabled": False},
-              "confidence": {"sustain_s": 0, "recovery_sustain_s": 0, "hold_down_s": 0}}
 
 
 class Traffic:
@@ -246,51 +243,6 @@ def bisect_rate(rig: Rig, traffic: Traffic, seconds: float, steps: int, log) -> 
                 break
             rate = (lo + hi) / 2 if lo else hi / 2
     return lo, sink_best, rows
-
-
-def latency(directory: Path, n: int) -> tuple[list[float], list[float]]:
-    config = write_config(directory, {"scorer": INSTANT_2B})
-    cfg = load(config)
-    stages = [Stage("wanctl-bus", config, directory), Stage("wanctl-scorer", config, directory)]
-    ctx = zmq.Context()
-    pub = bus.watched_publisher(ctx, cfg)
-    sub = bus.subscriber(ctx, cfg, [b"decision."])
-    decoder = bus.FrameDecoder()
-    raw_send, raw_close = latency_raw_setup(directory)
-    pipe, raw = [], []
-    try:
-        assert bus.wait_welcome(sub, 15)
-        assert bus.wait_subscribed(pub, b"telemetry.wan1", 15, set())
-        seq = 0
-        while len(pipe) < n:
-            for _ in range(25):
-                seq += 1
-                congested = seq % 2 == 1
-                sample = Telemetry(wan="wan1", seq=seq, stream="bench", t=float(seq), wall=0.0,
-                                   rtt_ms=212.0 if congested else 12.0, baseline_rtt_ms=12.0,
-                                   drops_per_sec=30.0 if congested else 0.0,
-                                   queue_depth_pct=80.0 if congested else 0.0,
-                                   cake_state="RED" if congested else "GREEN")
-                frames = [b"telemetry.wan1", to_msgpack(sample)]
-                sent = time.perf_counter()
-                pub.send_multipart(frames)
-                took = decision_after(sub, decoder, seq, sent)
-                if took is not None:
-                    pipe.append(took)
-                time.sleep(0.004)
-            for _ in range(25):
-                got = raw_send()
-                if got is not None:
-                    raw.append(got)
-                time.sleep(0.004)
-        return pipe, raw
-    finally:
-        raw_close()
-        pub.close(0)
-        sub.close(0)
-        ctx.term()
-        for stage in reversed(stages):
-            stage.stop()
 
 
 def main() -> None:
