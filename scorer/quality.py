@@ -289,10 +289,7 @@ def judge(
         if flags & BAD and not wants:
             sfirst = _bisect_right(wt, t - q.severe_window_s + TOL)
             ns = len(wt) - sfirst
-            n_sev = 0
-            for f in wf[sfirst:]:
-                if f & SEVERE:
-                    n_sev += 1
+            n_sev = _count(wf, sfirst, SEVERE)
             if ns >= q.severe_min_samples and n_sev and n_sev * 100 >= q.severe_share_pct * ns:
                 oldest_sev = _oldest(wt, wf, sfirst, SEVERE)
                 if t - oldest_sev >= q.severe_sustain_s - TOL:
@@ -302,7 +299,7 @@ def judge(
         if wants:
             if alternate is not None:
                 n_lost = _count(wf, first, LOST)
-                hold = harm(q, alternate, _window_rtt(wt, st.win_rtt, cutoff), n_lost * 100.0 / n, t)
+                hold = _harm_here(q, st, alternate, cutoff, n_lost, n, t)
             if hold is None and capped:
                 hold = FLAP_HOLD
             if hold is None:
@@ -311,16 +308,13 @@ def judge(
     else:
         if alternate is not None:
             n_lost = _count(wf, first, LOST)
-            hold = harm(q, alternate, _window_rtt(wt, st.win_rtt, cutoff), n_lost * 100.0 / n if n else 0.0, t)
+            hold = _harm_here(q, st, alternate, cutoff, n_lost, n, t)
         if hold is not None:
             decision = GOOD  # steer back: the alternate is no better place
         elif st.hold_down_until is None or t >= st.hold_down_until - TOL:
             rfirst = _bisect_right(wt, t - q.recovery_window_s + TOL)
             m = len(wt) - rfirst
-            n_good = 0
-            for f in wf[rfirst:]:
-                if f & GOOD_SAMPLE:
-                    n_good += 1
+            n_good = _count(wf, rfirst, GOOD_SAMPLE)
             if m:
                 good_share = n_good * 100 // m
             if m >= q.min_samples and n_good * 100 >= q.recovery_share_pct * m:
@@ -387,6 +381,12 @@ def _oldest(times: list[float], flags: list[int], first: int, flag: int) -> floa
     while not flags[i] & flag:
         i += 1
     return times[i]
+
+
+def _harm_here(q: Quality, st: QualityState, alternate, cutoff: float, n_lost: int, n: int, t: float) -> str | None:
+    """Rule 8 with the primary's side from the steering window (after ``cutoff``: ``n``
+    samples, ``n_lost`` of them lost)."""
+    return harm(q, alternate, _window_rtt(st.win_t, st.win_rtt, cutoff), n_lost * 100.0 / n if n else 0.0, t)
 
 
 def _window_rtt(wt: list[float], wr: list[float], cutoff: float) -> float | None:
