@@ -111,7 +111,9 @@ def test_the_scorer_process_says_what_it_moved_aside(directory):
     stage = Stage("wanctl-scorer", directory / "wanctl.yaml", directory)
     try:
         url = f"http://127.0.0.1:{cfg.health.scorer}"
-        doc = wait_for(lambda: _health(url), timeout=10, what="the scorer's health endpoint")
+        # The endpoint is up a moment before the scorer notes its binding: wait for the detail.
+        doc = wait_for(lambda: (d := _health(url)) and "router_binding" in d.get("details", {}) and d,
+                       timeout=10, what="the router binding in the scorer's health details")
         binding = doc["details"]["router_binding"]
         assert binding["outcome"] == "moved_aside"
         assert binding["router"] == "127.0.0.2:18728" and binding["previous"]["router"] == "127.0.0.1:8728"
